@@ -1,0 +1,1 @@
+"""loratrain's engine, capabilities and records: everything that is neither Discord nor arq."""

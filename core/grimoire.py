@@ -1,0 +1,100 @@
+"""The grimoire: the artist-visible Markdown record under ``grimoire/``.
+
+``Project`` gives the paths of one training project (``grimoire/training/{name}/``) and reads and
+writes its files atomically (temp file, fsync, rename), so a crash never leaves half a report.
+Every path it hands out is checked to stay inside the project folder.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.errors import UserError
+from core.names import check_project_name
+from core.settings import Settings
+
+# The project files the seed names; only these may be written through ``Project.write``.
+PROJECT_FILES = (
+    "intent.md",
+    "dataset-report.md",
+    "config.md",
+    "environment.md",
+    "progress.md",
+    "eval.md",
+    "status.md",
+)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` (UTF-8) so readers see the old or the new file, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def inside(root: Path, path: Path) -> Path:
+    """Return ``path`` resolved, refusing anything that escapes ``root`` (``..``, symlinks)."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise UserError(f"Refusing to touch {path.name!r}: it lies outside the project folder.")
+    return resolved
+
+
+@dataclass(frozen=True)
+class Project:
+    """One training project's folder and files."""
+
+    name: str
+    root: Path
+
+    @classmethod
+    def at(cls, settings: Settings, name: str) -> "Project":
+        check_project_name(name)
+        return cls(name, settings.training_root / name)
+
+    @classmethod
+    def existing(cls, settings: Settings, name: str) -> "Project":
+        project = cls.at(settings, name)
+        if not (project.root / "intent.md").is_file():
+            raise UserError(
+                f"There is no training project called {name!r} yet. "
+                f"Start one with: loratrain new {name} --type style --model sdxl --trigger WORD"
+            )
+        return project
+
+    @property
+    def dataset_dir(self) -> Path:
+        """The images the LoRA will learn from, with their ``.txt`` captions beside them."""
+        return self.root / "dataset"
+
+    @property
+    def excluded_dir(self) -> Path:
+        """Images the artist set aside (a duplicate they chose not to keep): moved, never deleted."""
+        return self.root / "excluded"
+
+    def path(self, filename: str) -> Path:
+        return inside(self.root, self.root / filename)
+
+    def exists(self, filename: str) -> bool:
+        return self.path(filename).is_file()
+
+    def read(self, filename: str) -> str:
+        return self.path(filename).read_text(encoding="utf-8")
+
+    def write(self, filename: str, text: str) -> Path:
+        if filename not in PROJECT_FILES:
+            raise ValueError(f"{filename} is not one of the grimoire's project files")
+        path = self.path(filename)
+        write_atomic(path, text)
+        return path

@@ -1,0 +1,56 @@
+"""Settings read from ``LORATRAIN_*`` environment variables and ``.env``.
+
+One model, so the bot, the worker and the CLI agree on where things live and what the limits are.
+Secrets are ``SecretStr``: they print as ``**********`` and never reach logs or the grimoire.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LORATRAIN_", env_file=".env", extra="ignore")
+
+    grimoire: Path = Field(ROOT / "grimoire", description="Folder holding eye.md, studio.md and training/.")
+    database: Path | None = Field(
+        None, description="SQLite file for operational state; default: .loratrain.sqlite3 inside the grimoire."
+    )
+    max_upload_mb: float = Field(50.0, gt=0, description="Largest single file accepted, in megabytes.")
+    max_image_pixels: int = Field(
+        Image.MAX_IMAGE_PIXELS or 89_478_485,
+        gt=0,
+        description="Pixel count above which an image is refused as a possible decompression bomb.",
+    )
+    max_files_per_import: int = Field(2000, gt=0, description="Most files one import may bring in.")
+    workers: int = Field(
+        max(1, os.cpu_count() or 1), ge=1, description="Processes used for auditing and hashing images."
+    )
+    discord_token: SecretStr | None = Field(None, description="Discord bot token (only the bot needs it).")
+    anthropic_api_key: SecretStr | None = Field(None, description="Anthropic API key for Claude (optional).")
+
+    @property
+    def training_root(self) -> Path:
+        return self.grimoire / "training"
+
+    @property
+    def database_path(self) -> Path:
+        return self.database or self.grimoire / ".loratrain.sqlite3"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
