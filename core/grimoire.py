@@ -8,7 +8,10 @@ Every path it hands out is checked to stay inside the project folder.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
+from typing import BinaryIO
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,19 +31,33 @@ PROJECT_FILES = (
 )
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` (UTF-8) so readers see the old or the new file, never a mix."""
+def _atomically(path: Path, fill: Callable[[BinaryIO], object]) -> None:
+    """Write a temp file beside ``path`` with ``fill``, then rename it over ``path``: readers see the
+    old file or the new one, never half of one, even if the process dies midway."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            fill(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` (UTF-8)."""
+    _atomically(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def copy_atomic(source: Path, path: Path) -> None:
+    """Copy ``source`` to ``path``."""
+    with source.open("rb") as src:
+        _atomically(path, lambda f: shutil.copyfileobj(src, f, 1 << 20))
 
 
 def inside(root: Path, path: Path) -> Path:

@@ -15,13 +15,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LORATRAIN_", env_file=".env", extra="ignore")
 
-    grimoire: Path = Field(ROOT / "grimoire", description="Folder holding eye.md, studio.md and training/.")
+    grimoire: Path = Field(Path("grimoire"), description="Folder holding eye.md, studio.md and training/.")
     database: Path | None = Field(
         None, description="SQLite file for operational state; default: .loratrain.sqlite3 inside the grimoire."
     )

@@ -44,7 +44,7 @@ def _is_exact(a: Inspection, b: Inspection) -> bool:
     return same_size and a.phash == b.phash and bool(np.array_equal(a.thumb, b.thumb))
 
 
-def _clusters(names: list[str], pairs: list[tuple[int, int]]) -> list[list[str]]:
+def group_pairs(names: list[str], pairs: list[tuple[int, int]]) -> list[list[str]]:
     """Groups of pictures linked by duplicate pairs (union–find over the pairs)."""
     parent = list(range(len(names)))
 
@@ -83,4 +83,4 @@ def find_duplicates(inspections: list[Inspection]) -> DuplicateReport:
         found.append(DuplicatePair(a=a.audit.file, b=b.audit.file, distance=int(distance), kind=kind))
         linked.append((int(i), int(j)))
     names = [x.audit.file for x in usable]
-    return DuplicateReport(pairs=found, clusters=_clusters(names, linked))
+    return DuplicateReport(pairs=found, clusters=group_pairs(names, linked))

@@ -1,0 +1,178 @@
+"""``loratrain``: the terminal adapter. Each subcommand parses its arguments, calls the capability
+that does the work, and prints the result in plain words (or JSON with ``--json``). It decides nothing."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from core import intent as intents
+from core.dataset.audit import audit_folder
+from core.dataset.curate import curate
+from core.dataset.duplicates import find_duplicates
+from core.dataset.explain import audit_lines, curation_lines, duplicate_lines
+from core.dataset.importer import import_paths
+from core.dataset.inspect import Limits
+from core.dataset.report import write_report
+from core.dataset.snapshot import resolve, take
+from core.errors import UserError
+from core.families import FAMILIES, Family
+from core.grimoire import Project
+from core.intent import LoraType
+from core.settings import Settings, get_settings
+from core.store import open_store
+
+
+def _print(lines: list[str]) -> None:
+    print("\n".join(lines))
+
+
+def _limits(settings: Settings, family: str) -> Limits:
+    return Limits(resolution=FAMILIES[Family(family)].resolution, max_pixels=settings.max_image_pixels)
+
+
+def cmd_new(settings: Settings, args: argparse.Namespace) -> None:
+    project = Project.at(settings, args.name)
+    intent = intents.create(project, LoraType(args.type), Family(args.model), args.trigger, args.description)
+    print(f"Created project {project.name!r}: a {intent.type} LoRA for {FAMILIES[intent.family].display}, "
+          f"trigger word `{intent.trigger}`.")
+    print(f"For a {intent.type}, aim for {intent.target} — {intent.target.why}.")
+    print(f"Record: {project.path('intent.md')}")
+
+
+async def cmd_add(settings: Settings, args: argparse.Namespace) -> None:
+    project = Project.existing(settings, args.name)
+    intent = intents.load(project)
+    async with open_store(settings.database_path) as store:
+        results = await import_paths(project, [Path(p) for p in args.paths], settings, store, intent.resolution)
+    marks = {"added": "✅", "already_there": "↩️", "refused": "❌"}
+    for r in results:
+        print(f"{marks[r.status]} {r.original}: {r.message}")
+    added = sum(r.status == "added" for r in results)
+    print(f"Added {added} of {len(results)} file(s) to {project.dataset_dir}.")
+
+
+def cmd_audit(settings: Settings, args: argparse.Namespace) -> None:
+    report, _ = audit_folder(Path(args.dir), _limits(settings, args.model_family), settings.workers)
+    if args.json:
+        print(json.dumps(report.model_dump(), ensure_ascii=False))
+    else:
+        _print(audit_lines(report, FAMILIES[Family(args.model_family)].resolution))
+
+
+def cmd_dupes(settings: Settings, args: argparse.Namespace) -> None:
+    _, inspections = audit_folder(Path(args.dir), _limits(settings, "sdxl"), settings.workers)
+    report = find_duplicates(inspections)
+    if args.json:
+        print(json.dumps(report.model_dump(), ensure_ascii=False))
+    else:
+        _print(duplicate_lines(report))
+
+
+async def cmd_resolve(settings: Settings, args: argparse.Namespace) -> None:
+    project = Project.existing(settings, args.name)
+    async with open_store(settings.database_path) as store:
+        snapshot = await take(project, intents.load(project), settings, store)
+        print(await resolve(snapshot, store, args.a, args.b, args.keep))
+
+
+async def cmd_curate(settings: Settings, args: argparse.Namespace) -> None:
+    project = Project.existing(settings, args.name)
+    async with open_store(settings.database_path) as store:
+        result = curate(await take(project, intents.load(project), settings, store))
+    if args.json:
+        print(json.dumps(result.model_dump(), ensure_ascii=False))
+    else:
+        _print(curation_lines(result))
+
+
+async def cmd_report(settings: Settings, args: argparse.Namespace) -> None:
+    project = Project.existing(settings, args.name)
+    async with open_store(settings.database_path) as store:
+        snapshot = await take(project, intents.load(project), settings, store)
+        gate, path = await write_report(snapshot, curate(snapshot), store)
+    if gate.passed:
+        print("Gate 1 (dataset): GO — the dataset is ready for training settings.")
+    else:
+        print("Gate 1 (dataset): NO-GO — " + "; ".join(gate.reasons) + ".")
+        _print([f"  {i}. {fix}" for i, fix in enumerate(gate.fixes, 1)])
+    print(f"Report: {path}")
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
+    from core.demo import run_demo
+
+    run_demo(settings)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="loratrain", description="A LoRA Training Specialist for artists.")
+    top.add_argument("--grimoire", type=Path, help="grimoire folder (default: LORATRAIN_GRIMOIRE or ./grimoire)")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    families, types = [f.value for f in Family], [t.value for t in LoraType]
+
+    p = sub.add_parser("new", help="start a training project (writes intent.md)")
+    p.add_argument("name", help="project name: lowercase letters, digits, '-' and '_'")
+    p.add_argument("--type", required=True, choices=types, help="what the LoRA teaches")
+    p.add_argument("--model", required=True, choices=families, help="base model family")
+    p.add_argument("--trigger", required=True, help="the word that switches the LoRA on in prompts")
+    p.add_argument("--description", default="", help="what you want to train, in your words")
+    p.set_defaults(run=cmd_new)
+
+    p = sub.add_parser("add", help="import image files or folders into a project's dataset")
+    p.add_argument("name", help="project name")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    p.set_defaults(run=cmd_add)
+
+    p = sub.add_parser("audit", help="check every file in a folder for problems")
+    p.add_argument("dir", help="folder of images")
+    p.add_argument("--model-family", default="sdxl", choices=families, help="sets the size pictures should reach")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=cmd_audit)
+
+    p = sub.add_parser("dupes", help="find exact and near duplicates in a folder")
+    p.add_argument("dir", help="folder of images")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=cmd_dupes)
+
+    p = sub.add_parser("resolve", help="decide about a duplicate pair in a project")
+    p.add_argument("name", help="project name")
+    p.add_argument("a", help="first picture of the pair (file name in the dataset folder)")
+    p.add_argument("b", help="second picture of the pair")
+    p.add_argument("--keep", required=True, choices=["a", "b", "both"], help="which to keep")
+    p.set_defaults(run=cmd_resolve)
+
+    p = sub.add_parser("curate", help="judge the dataset's variety and suggest a subset")
+    p.add_argument("name", help="project name")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=cmd_curate)
+
+    p = sub.add_parser("report", help="write dataset-report.md and decide Gate 1")
+    p.add_argument("name", help="project name")
+    p.set_defaults(run=cmd_report)
+
+    p = sub.add_parser("demo", help="run the dataset phase on generated sample pictures")
+    p.set_defaults(run=cmd_demo)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    settings = get_settings()
+    if args.grimoire:
+        settings = settings.model_copy(update={"grimoire": args.grimoire})
+    try:
+        result = args.run(settings, args)
+        if asyncio.iscoroutine(result):
+            asyncio.run(result)
+    except UserError as err:
+        print(f"loratrain: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

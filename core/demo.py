@@ -1,0 +1,99 @@
+"""``loratrain demo``: the dataset phase end to end on generated pictures, in embedded mode.
+
+It plays the artist: makes a folder of sample paintings (with a near-duplicate, a picture that is
+too small, a file cut off partway and a text file posing as a JPEG, on purpose), then runs
+new → add → audit → dupes → curate → report, printing each step as the artist would read it.
+No network, token or GPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from pathlib import Path
+
+from core import intent as intents
+from core.dataset.curate import curate
+from core.dataset.explain import audit_lines, curation_lines, duplicate_lines
+from core.dataset.importer import import_paths
+from core.dataset.report import write_report
+from core.dataset.snapshot import resolve, take
+from core.families import Family
+from core.grimoire import Project
+from core.intent import LoraType
+from core.samples import scene, variant, write_jpeg
+from core.settings import Settings
+from core.store import open_store
+
+NAME = "demo-style"
+TRIGGER = "demostyle_lt"
+SCENES = 22
+
+
+def make_samples(folder: Path) -> None:
+    """The artist's folder: 22 paintings plus the mistakes real folders contain."""
+    for seed in range(SCENES):
+        write_jpeg(scene(seed), folder / f"painting {seed + 1:02d}.jpg")
+    write_jpeg(variant(scene(3), "cropped", 0.5), folder / "painting 04 (edit).jpg", quality=85)
+    write_jpeg(scene(40, size=(640, 560)), folder / "Café sketch.jpg")
+    whole = (folder / "painting 05.jpg").read_bytes()
+    (folder / "forest-late.jpg").write_bytes(whole[: len(whole) // 2])
+    (folder / "notes.jpg").write_text("remember: ask about the gouache set\n", encoding="utf-8")
+
+
+def _step(number: int, title: str) -> None:
+    print(f"\n── Step {number} of 6: {title} " + "─" * max(0, 60 - len(title)))
+
+
+async def _run(settings: Settings, artist_folder: Path) -> None:
+    project = Project.at(settings, NAME)
+    shutil.rmtree(project.root, ignore_errors=True)
+    async with open_store(settings.database_path) as store:
+        await store.forget_project(NAME)
+
+        _step(1, "what do you want to teach? (new)")
+        intent = intents.create(project, LoraType.style, Family.sdxl, TRIGGER,
+                                "Warm, layered landscape paintings with visible brush strokes.")
+        print(f"A style LoRA for SDXL, trigger word `{intent.trigger}`. For a style, aim for {intent.target}: "
+              f"{intent.target.why}.")
+        print(f"Written: {project.path('intent.md')}")
+
+        _step(2, "your pictures (add)")
+        for r in await import_paths(project, sorted(artist_folder.iterdir()), settings, store, intent.resolution):
+            mark = {"added": "✅", "already_there": "↩️", "refused": "❌"}[r.status]
+            print(f"{mark} {r.original}: {r.message}")
+
+        _step(3, "checking every picture (audit)")
+        snapshot = await take(project, intent, settings, store)
+        print("\n".join(audit_lines(snapshot.audit, intent.resolution)))
+
+        _step(4, "duplicates (dupes)")
+        print("\n".join(duplicate_lines(snapshot.duplicates)))
+        for pair in snapshot.unresolved:
+            a, b = (snapshot.inspections[f].audit for f in (pair.a, pair.b))
+            keep = "a" if a.width * a.height >= b.width * b.height else "b"
+            print(f"On Discord you'd press [Keep A] [Keep B] [Keep both]; the demo keeps the larger one.")
+            print(await resolve(snapshot, store, pair.a, pair.b, keep))
+        snapshot = await take(project, intent, settings, store)
+
+        _step(5, "variety and selection (curate)")
+        curation = curate(snapshot)
+        print("\n".join(curation_lines(curation)))
+
+        _step(6, "Gate 1: the dataset report (report)")
+        gate, path = await write_report(snapshot, curation, store)
+        print(f"Gate 1 (dataset): {'GO' if gate.passed else 'NO-GO'} — " + ("; ".join(gate.reasons) or "ready") + ".")
+        print(f"Written: {path}")
+        print("\nNext (coming in later steps of loratrain): captions, training settings, environment check, "
+              "dry run, training.")
+        print(f"Everything is recorded under {project.root}")
+
+
+def run_demo(settings: Settings) -> None:
+    with tempfile.TemporaryDirectory(prefix="loratrain-demo-") as tmp:
+        folder = Path(tmp) / "my paintings"
+        folder.mkdir()
+        print(f"Making sample paintings in {folder} (procedural, made on this machine)…")
+        make_samples(folder)
+        asyncio.run(_run(settings, folder))

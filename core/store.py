@@ -1,0 +1,163 @@
+"""Operational state in SQLite (aiosqlite): what was imported, the artist's decisions, gate results.
+
+The Markdown in the grimoire is the human record; this is what the software needs to resume after a
+restart. The schema only moves forward through ``MIGRATIONS``: each entry runs once, in order, inside
+a transaction, and ``PRAGMA user_version`` remembers how far a database has come.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import aiosqlite
+
+MIGRATIONS: list[str] = [
+    # 1: imported images and duplicate decisions, keyed by content so renames don't matter.
+    """
+    CREATE TABLE images (
+        project TEXT NOT NULL,
+        file TEXT NOT NULL,
+        original_name TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        added_at TEXT NOT NULL,
+        PRIMARY KEY (project, file)
+    );
+    CREATE UNIQUE INDEX images_by_content ON images (project, sha256);
+    CREATE TABLE duplicate_decisions (
+        project TEXT NOT NULL,
+        sha_a TEXT NOT NULL,
+        sha_b TEXT NOT NULL,
+        keep TEXT NOT NULL CHECK (keep IN ('a', 'b', 'both')),
+        decided_at TEXT NOT NULL,
+        PRIMARY KEY (project, sha_a, sha_b)
+    );
+    """,
+    # 2: gate results with the fingerprint of the inputs they judged.
+    """
+    CREATE TABLE gate_results (
+        project TEXT NOT NULL,
+        gate INTEGER NOT NULL CHECK (gate BETWEEN 1 AND 4),
+        passed INTEGER NOT NULL,
+        fingerprint TEXT NOT NULL,
+        details TEXT NOT NULL,
+        decided_at TEXT NOT NULL,
+        PRIMARY KEY (project, gate)
+    );
+    """,
+]
+
+Keep = Literal["a", "b", "both"]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Store:
+    def __init__(self, db: aiosqlite.Connection):
+        self.db = db
+
+    async def migrate(self) -> int:
+        """Bring the schema up to date; returns the version reached."""
+        (version,) = await (await self.db.execute("PRAGMA user_version")).fetchone()
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            await self.db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+        return len(MIGRATIONS)
+
+    # Imported images -------------------------------------------------------------------------
+
+    async def add_image(self, project: str, file: str, original_name: str, sha256: str, size: int) -> None:
+        await self.db.execute(
+            "INSERT INTO images (project, file, original_name, sha256, size_bytes, added_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (project, file, original_name, sha256, size, _now()),
+        )
+        await self.db.commit()
+
+    async def forget_project(self, project: str) -> None:
+        for table in ("images", "duplicate_decisions", "gate_results"):
+            await self.db.execute(f"DELETE FROM {table} WHERE project = ?", (project,))
+        await self.db.commit()
+
+    async def forget_image(self, project: str, file: str) -> None:
+        await self.db.execute("DELETE FROM images WHERE project = ? AND file = ?", (project, file))
+        await self.db.commit()
+
+    async def image_by_sha(self, project: str, sha256: str) -> str | None:
+        row = await (
+            await self.db.execute("SELECT file FROM images WHERE project = ? AND sha256 = ?", (project, sha256))
+        ).fetchone()
+        return row[0] if row else None
+
+    async def original_names(self, project: str) -> dict[str, str]:
+        rows = await (
+            await self.db.execute("SELECT file, original_name FROM images WHERE project = ?", (project,))
+        ).fetchall()
+        return dict(rows)
+
+    # Duplicate decisions -----------------------------------------------------------------------
+
+    async def decide_duplicate(self, project: str, sha_a: str, sha_b: str, keep: Keep) -> None:
+        if sha_a > sha_b:  # store each pair one way round
+            sha_a, sha_b, keep = sha_b, sha_a, {"a": "b", "b": "a", "both": "both"}[keep]
+        await self.db.execute(
+            "INSERT OR REPLACE INTO duplicate_decisions VALUES (?, ?, ?, ?, ?)",
+            (project, sha_a, sha_b, keep, _now()),
+        )
+        await self.db.commit()
+
+    async def duplicate_decisions(self, project: str) -> int:
+        """How many duplicate pairs the artist has decided about in this project."""
+        row = await (
+            await self.db.execute("SELECT COUNT(*) FROM duplicate_decisions WHERE project = ?", (project,))
+        ).fetchone()
+        return row[0]
+
+    async def duplicate_decision(self, project: str, sha_a: str, sha_b: str) -> Keep | None:
+        swapped = sha_a > sha_b
+        key = (project, *sorted((sha_a, sha_b)))
+        row = await (
+            await self.db.execute(
+                "SELECT keep FROM duplicate_decisions WHERE project = ? AND sha_a = ? AND sha_b = ?", key
+            )
+        ).fetchone()
+        if not row:
+            return None
+        return {"a": "b", "b": "a", "both": "both"}[row[0]] if swapped else row[0]
+
+    # Gate results ----------------------------------------------------------------------------
+
+    async def record_gate(self, project: str, gate: int, passed: bool, fingerprint: str, details: dict) -> None:
+        await self.db.execute(
+            "INSERT OR REPLACE INTO gate_results VALUES (?, ?, ?, ?, ?, ?)",
+            (project, gate, int(passed), fingerprint, json.dumps(details), _now()),
+        )
+        await self.db.commit()
+
+    async def gate(self, project: str, gate: int) -> dict | None:
+        row = await (
+            await self.db.execute(
+                "SELECT passed, fingerprint, details, decided_at FROM gate_results WHERE project = ? AND gate = ?",
+                (project, gate),
+            )
+        ).fetchone()
+        if not row:
+            return None
+        return {"passed": bool(row[0]), "fingerprint": row[1], "details": json.loads(row[2]), "decided_at": row[3]}
+
+
+@asynccontextmanager
+async def open_store(path: Path) -> AsyncIterator[Store]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    async with aiosqlite.connect(path) as db:
+        await db.execute("PRAGMA journal_mode = WAL")
+        await db.execute("PRAGMA foreign_keys = ON")
+        store = Store(db)
+        await store.migrate()
+        yield store
