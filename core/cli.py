@@ -22,7 +22,7 @@ from core.errors import UserError
 from core.families import FAMILIES, Family
 from core.grimoire import Project
 from core.intent import LoraType
-from core.settings import Settings, get_settings
+from core.settings import Settings
 from core.store import open_store
 
 
@@ -161,7 +161,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    settings = get_settings()
+    settings = Settings()
     if args.grimoire:
         settings = settings.model_copy(update={"grimoire": args.grimoire})
     try:

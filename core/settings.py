@@ -7,7 +7,6 @@ Secrets are ``SecretStr``: they print as ``**********`` and never reach logs or 
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -46,8 +45,3 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
-
-
-@lru_cache
-def get_settings() -> Settings:
-    return Settings()

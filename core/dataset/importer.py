@@ -80,7 +80,7 @@ async def import_paths(
         size = path.stat().st_size if path.is_file() and not path.is_symlink() else 0
         if size > settings.max_upload_bytes:
             results.append(Imported(original=shown, stored=None, status="refused", message=(
-                f"This file is {size / 1e6:.0f} MB, over the {settings.max_upload_mb:.0f} MB limit. "
+                f"This file is {size / 1e6:.0f} MB, over the {settings.max_upload_mb:g} MB limit. "
                 "Export a smaller version (a long side of about 2048 px is plenty for training).")))
         else:
             checkable.append((path, shown))

@@ -28,7 +28,7 @@ def decide(snapshot: Snapshot) -> GateOne:
     usable, captioned = snapshot.usable, snapshot.captioned()
     target = snapshot.intent.target
     unusable = [a.file for a in snapshot.audit.images if not a.ok]
-    if not captioned:
+    if not any(snapshot.captions.get(f) for f in usable):
         reasons.append("images are not captioned yet")
         fixes.append("Caption the pictures (the next step): each caption says what is in the picture and how it "
                      f"is made, with `{snapshot.intent.trigger}` first.")
