@@ -37,8 +37,10 @@ def _limits(settings: Settings, family: str) -> Limits:
 def cmd_new(settings: Settings, args: argparse.Namespace) -> None:
     project = Project.at(settings, args.name)
     intent = intents.create(project, LoraType(args.type), Family(args.model), args.trigger, args.description)
-    print(f"Created project {project.name!r}: a {intent.type} LoRA for {FAMILIES[intent.family].display}, "
-          f"trigger word `{intent.trigger}`.")
+    print(
+        f"Created project {project.name!r}: a {intent.type} LoRA for {FAMILIES[intent.family].display}, "
+        f"trigger word `{intent.trigger}`."
+    )
     print(f"For a {intent.type}, aim for {intent.target} — {intent.target.why}.")
     print(f"Record: {project.path('intent.md')}")
 

@@ -53,10 +53,17 @@ async def _run(settings: Settings, artist_folder: Path) -> None:
         await store.forget_project(NAME)
 
         _step(1, "what do you want to teach? (new)")
-        intent = intents.create(project, LoraType.style, Family.sdxl, TRIGGER,
-                                "Warm, layered landscape paintings with visible brush strokes.")
-        print(f"A style LoRA for SDXL, trigger word `{intent.trigger}`. For a style, aim for {intent.target}: "
-              f"{intent.target.why}.")
+        intent = intents.create(
+            project,
+            LoraType.style,
+            Family.sdxl,
+            TRIGGER,
+            "Warm, layered landscape paintings with visible brush strokes.",
+        )
+        print(
+            f"A style LoRA for SDXL, trigger word `{intent.trigger}`. For a style, aim for {intent.target}: "
+            f"{intent.target.why}."
+        )
         print(f"Written: {project.path('intent.md')}")
 
         _step(2, "your pictures (add)")
@@ -73,7 +80,7 @@ async def _run(settings: Settings, artist_folder: Path) -> None:
         for pair in snapshot.unresolved:
             a, b = (snapshot.inspections[f].audit for f in (pair.a, pair.b))
             keep = "a" if a.width * a.height >= b.width * b.height else "b"
-            print(f"On Discord you'd press [Keep A] [Keep B] [Keep both]; the demo keeps the larger one.")
+            print("On Discord you'd press [Keep A] [Keep B] [Keep both]; the demo keeps the larger one.")
             print(await resolve(snapshot, store, pair.a, pair.b, keep))
         snapshot = await take(project, intent, settings, store)
 
@@ -85,8 +92,10 @@ async def _run(settings: Settings, artist_folder: Path) -> None:
         gate, path = await write_report(snapshot, curation, store)
         print(f"Gate 1 (dataset): {'GO' if gate.passed else 'NO-GO'} — " + ("; ".join(gate.reasons) or "ready") + ".")
         print(f"Written: {path}")
-        print("\nNext (coming in later steps of loratrain): captions, training settings, environment check, "
-              "dry run, training.")
+        print(
+            "\nNext (coming in later steps of loratrain): captions, training settings, environment check, "
+            "dry run, training."
+        )
         print(f"Everything is recorded under {project.root}")
 
 

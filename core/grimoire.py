@@ -11,9 +11,9 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from typing import BinaryIO
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from core.errors import UserError
 from core.names import check_project_name
@@ -76,12 +76,12 @@ class Project:
     root: Path
 
     @classmethod
-    def at(cls, settings: Settings, name: str) -> "Project":
+    def at(cls, settings: Settings, name: str) -> Project:
         check_project_name(name)
         return cls(name, settings.training_root / name)
 
     @classmethod
-    def existing(cls, settings: Settings, name: str) -> "Project":
+    def existing(cls, settings: Settings, name: str) -> Project:
         project = cls.at(settings, name)
         if not (project.root / "intent.md").is_file():
             raise UserError(

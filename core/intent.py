@@ -83,7 +83,7 @@ class Intent(BaseModel):
         )
 
     @classmethod
-    def from_markdown(cls, name: str, text: str) -> "Intent":
+    def from_markdown(cls, name: str, text: str) -> Intent:
         fields = dict(re.findall(r"^- \*\*(.+?)\*\*: ?(.*)$", text, flags=re.MULTILINE))
         family = re.search(r"\((\w+)\)\s*$", fields.get("Base model", ""))
         try:
@@ -104,12 +104,11 @@ class Intent(BaseModel):
 def create(project: Project, type: LoraType, family: Family, trigger: str, description: str = "") -> Intent:
     """Write a new project's intent.md; refuses to overwrite an existing project."""
     check_project_name(project.name)
-    intent = Intent(name=project.name, type=type, family=family, trigger=check_trigger_word(trigger),
-                    description=description)
+    intent = Intent(
+        name=project.name, type=type, family=family, trigger=check_trigger_word(trigger), description=description
+    )
     if project.exists("intent.md"):
-        raise UserError(
-            f"A project called {project.name!r} already exists. Pick another name, or keep working on it."
-        )
+        raise UserError(f"A project called {project.name!r} already exists. Pick another name, or keep working on it.")
     project.dataset_dir.mkdir(parents=True, exist_ok=True)
     project.write("intent.md", intent.to_markdown())
     return intent

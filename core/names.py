@@ -20,9 +20,7 @@ def check_project_name(name: str) -> str:
     if not name or not name.strip():
         raise UserError("Please give the project a name, for example 'mira-style'.")
     if "/" in name or "\\" in name or ".." in name or "\x00" in name:
-        raise UserError(
-            f"The project name {name!r} contains a slash or '..'. Use only letters, digits, '-' and '_'."
-        )
+        raise UserError(f"The project name {name!r} contains a slash or '..'. Use only letters, digits, '-' and '_'.")
     if not 2 <= len(name) <= 48:
         raise UserError(f"The project name should be 2 to 48 characters long; {name!r} has {len(name)}.")
     if not _PROJECT.fullmatch(name) or name.lower() in _RESERVED:

@@ -25,8 +25,13 @@ PALETTES = [
 SUBJECTS = ("sun", "tree", "house", "figure", "flower")
 
 
-def scene(seed: int, size: tuple[int, int] = (1152, 1024), subject: str | None = None,
-          subject_at: tuple[float, float] | None = None, palette: int | None = None) -> Image.Image:
+def scene(
+    seed: int,
+    size: tuple[int, int] = (1152, 1024),
+    subject: str | None = None,
+    subject_at: tuple[float, float] | None = None,
+    palette: int | None = None,
+) -> Image.Image:
     """One painted scene; ``subject``, ``subject_at`` (fractions of the frame) and ``palette`` pin
     what would otherwise come from the seed, to make look-alike pictures that are not duplicates."""
     rng = np.random.default_rng(seed)
@@ -37,8 +42,9 @@ def scene(seed: int, size: tuple[int, int] = (1152, 1024), subject: str | None =
     sky = top * (1 - t) + bottom * t
     canvas = np.broadcast_to(sky, (h, w, 3)).copy()
     # Soft low-frequency clouds: upsampled noise.
-    clouds = np.asarray(Image.fromarray((rng.random((6, 8)) * 255).astype(np.uint8)).resize((w, h),
-                        Image.Resampling.BICUBIC), float)[..., None]
+    clouds = np.asarray(
+        Image.fromarray((rng.random((6, 8)) * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BICUBIC), float
+    )[..., None]
     canvas = canvas * (0.85 + 0.3 * clouds / 255.0)
     img = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img, "RGBA")
@@ -47,7 +53,7 @@ def scene(seed: int, size: tuple[int, int] = (1152, 1024), subject: str | None =
         xs = np.linspace(0, w, 40)
         ys = base + h * 0.06 * np.sin(xs / w * rng.uniform(2, 7) + rng.uniform(0, 6))
         colour = colours[int(rng.integers(len(colours)))]
-        draw.polygon([(0, h)] + list(zip(xs, ys)) + [(w, h)], fill=colour + (255,))
+        draw.polygon([(0, h)] + list(zip(xs, ys, strict=True)) + [(w, h)], fill=colour + (255,))
     kind = subject or SUBJECTS[int(rng.integers(len(SUBJECTS)))]
     fx, fy = subject_at or (rng.uniform(0.2, 0.8), rng.uniform(0.3, 0.6))
     _subject(draw, kind, fx * w, fy * h, min(w, h) * rng.uniform(0.12, 0.2), colours, rng)
@@ -55,8 +61,11 @@ def scene(seed: int, size: tuple[int, int] = (1152, 1024), subject: str | None =
         x, y = rng.uniform(0, w), rng.uniform(0, h)
         length, angle = rng.uniform(20, 90), rng.uniform(0, np.pi)
         colour = colours[int(rng.integers(len(colours)))] + (int(rng.integers(40, 110)),)
-        draw.line([(x, y), (x + length * np.cos(angle), y + length * np.sin(angle))], fill=colour,
-                  width=int(rng.integers(3, 9)))
+        draw.line(
+            [(x, y), (x + length * np.cos(angle), y + length * np.sin(angle))],
+            fill=colour,
+            width=int(rng.integers(3, 9)),
+        )
     img = img.filter(ImageFilter.GaussianBlur(0.8))
     grain = rng.normal(0, 6, (h, w, 1))
     return Image.fromarray(np.clip(np.asarray(img, float) + grain, 0, 255).astype(np.uint8))
@@ -67,8 +76,14 @@ def _subject(draw: ImageDraw.ImageDraw, kind: str, x: float, y: float, r: float,
     if kind == "sun":
         draw.ellipse([x - r, y - r, x + r, y + r], fill=c1)
         for a in np.linspace(0, 2 * np.pi, 12, endpoint=False):
-            draw.line([(x + 1.2 * r * np.cos(a), y + 1.2 * r * np.sin(a)),
-                       (x + 1.6 * r * np.cos(a), y + 1.6 * r * np.sin(a))], fill=c1, width=int(r / 8))
+            draw.line(
+                [
+                    (x + 1.2 * r * np.cos(a), y + 1.2 * r * np.sin(a)),
+                    (x + 1.6 * r * np.cos(a), y + 1.6 * r * np.sin(a)),
+                ],
+                fill=c1,
+                width=int(r / 8),
+            )
     elif kind == "tree":
         draw.rectangle([x - r / 6, y, x + r / 6, y + 2 * r], fill=c2)
         draw.ellipse([x - r, y - 1.4 * r, x + r, y + 0.4 * r], fill=c1)

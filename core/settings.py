@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from PIL import Image
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from PIL import Image
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LORATRAIN_", env_file=".env", extra="ignore")

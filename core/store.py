@@ -74,8 +74,7 @@ class Store:
 
     async def add_image(self, project: str, file: str, original_name: str, sha256: str, size: int) -> None:
         await self.db.execute(
-            "INSERT INTO images (project, file, original_name, sha256, size_bytes, added_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO images (project, file, original_name, sha256, size_bytes, added_at) VALUES (?, ?, ?, ?, ?, ?)",
             (project, file, original_name, sha256, size, _now()),
         )
         await self.db.commit()

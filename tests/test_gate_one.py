@@ -17,8 +17,14 @@ from core.intent import LoraType
 from core.samples import variant
 from core.store import open_store
 
-SEED_HEADINGS = ["# Dataset Report: {name}", "## Summary", "## Diversity Assessment", "## Content-Style Balance",
-                 "## Quality Issues", "## Gate 1 Decision: {decision}"]
+SEED_HEADINGS = [
+    "# Dataset Report: {name}",
+    "## Summary",
+    "## Diversity Assessment",
+    "## Content-Style Balance",
+    "## Quality Issues",
+    "## Gate 1 Decision: {decision}",
+]
 
 
 def make_project(settings, painting, kind: LoraType, count: int, name: str = "mira") -> Project:
@@ -144,17 +150,21 @@ async def test_curation_flags_look_alikes_and_picks_a_varied_subset_when_there_a
     project = make_project(settings, painting, LoraType.object, 30)
     for i, x in enumerate((0.25, 0.5, 0.75)):  # one scene three times, the subject moved: alike, not duplicates
         painting(500, (576, 512), subject="house", subject_at=(x, 0.45), palette=1).save(
-            project.dataset_dir / f"same-scene-{i}.jpg", quality=92)
+            project.dataset_dir / f"same-scene-{i}.jpg", quality=92
+        )
     result = curate(await snapshot_of(project, settings))
     assert result.count == 33
     assert ["same-scene-0.jpg", "same-scene-1.jpg", "same-scene-2.jpg"] in [
-        [n for n in group if n.startswith("same-scene")] for group in result.too_alike]
+        [n for n in group if n.startswith("same-scene")] for group in result.too_alike
+    ]
     assert result.subset is not None and len(result.subset) == 30
     kept_alike = [n for n in result.subset if n.startswith("same-scene")]
     assert len(kept_alike) < 3  # the subset drops look-alikes first
-    assert set(result.left_out) == {f"{n}" for n in
-                                    [f"p{i:02d}.jpg" for i in range(30)] + [f"same-scene-{i}.jpg" for i in range(3)]
-                                    if n not in result.subset}
+    assert set(result.left_out) == {
+        f"{n}"
+        for n in [f"p{i:02d}.jpg" for i in range(30)] + [f"same-scene-{i}.jpg" for i in range(3)]
+        if n not in result.subset
+    }
     assert all(re.search(r"very like \S+, which is kept|quality warnings", why) for why in result.left_out.values())
     assert {f.aspect for f in result.findings} == {"subjects and layout", "colour", "lighting", "composition"}
     assert all(f.why for f in result.findings)

@@ -12,7 +12,6 @@ import pytest
 from core.dataset.importer import safe_stem
 from core.settings import Settings
 from core.store import open_store
-
 from tests.conftest import jpeg_bytes
 
 
@@ -26,14 +25,17 @@ def dataset(tmp_path: Path) -> Path:
     return tmp_path / "grimoire" / "training" / "mira" / "dataset"
 
 
-@pytest.mark.parametrize("given,safe", [
-    ("Café été.JPG", "cafe-ete"),
-    ("my picture (final) v2.png", "my-picture-final-v2"),
-    ("../../etc/passwd.jpg", "passwd"),
-    ("..jpg", "image"),
-    ("日本語.png", "image"),
-    (".hidden.jpg", "hidden"),
-])
+@pytest.mark.parametrize(
+    "given,safe",
+    [
+        ("Café été.JPG", "cafe-ete"),
+        ("my picture (final) v2.png", "my-picture-final-v2"),
+        ("../../etc/passwd.jpg", "passwd"),
+        ("..jpg", "image"),
+        ("日本語.png", "image"),
+        (".hidden.jpg", "hidden"),
+    ],
+)
 def test_safe_stems(given, safe):
     assert safe_stem(given) == safe
 
@@ -54,8 +56,11 @@ def test_add_imports_under_safe_names_and_records_the_originals(cli, project, tm
         async with open_store(settings.database_path) as store:
             return await store.original_names("mira")
 
-    assert sorted(asyncio.run(originals()).values()) == ["from artist/.hidden one.jpg", "from artist/Café été.jpg",
-                                                          "from artist/Café été.png"]
+    assert sorted(asyncio.run(originals()).values()) == [
+        "from artist/.hidden one.jpg",
+        "from artist/Café été.jpg",
+        "from artist/Café été.png",
+    ]
 
 
 def test_exact_copies_are_skipped_even_under_another_name(cli, project, tmp_path, painting):
@@ -76,7 +81,8 @@ def test_files_that_are_not_usable_pictures_are_refused_with_reasons(cli, projec
     (tmp_path / "cut.jpg").write_bytes(whole[: len(whole) // 2])
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "drawing.png").write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
-    code, out, _ = cli("add", project, *(str(tmp_path / n) for n in ("notes.jpg", "cut.jpg", "empty.png", "drawing.png")))
+    names = ("notes.jpg", "cut.jpg", "empty.png", "drawing.png")
+    code, out, _ = cli("add", project, *(str(tmp_path / n) for n in names))
     assert code == 0
     assert not any(dataset(tmp_path).iterdir())
     assert "text file" in out and "cut off partway" in out and "empty" in out and "SVG" in out

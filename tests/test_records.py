@@ -99,8 +99,9 @@ def test_intent_is_written_in_the_seed_format_and_read_back(settings):
         "- **Content-style notes**: " + intents.CONTENT_STYLE_NOTES[LoraType.style],
     ]
     again = intents.load(project)
-    assert again == Intent(name="mira-style", type="style", family="pony", trigger="mirastyle",
-                           description="My gouache landscapes")
+    assert again == Intent(
+        name="mira-style", type="style", family="pony", trigger="mirastyle", description="My gouache landscapes"
+    )
     assert again.resolution == 1024
 
 

@@ -55,27 +55,45 @@ def _findings(items: list[Features], likeness: np.ndarray, kind: LoraType) -> li
     mean_like = float(likeness[np.triu_indices(n, 1)].mean()) if n > 1 else 1.0
     level: Level = "narrow" if mean_like > 0.55 else "some" if mean_like > 0.35 else "varied"
     what = {"style": "subjects", "character": "poses and settings", "object": "angles and settings"}[kind]
-    found.append(Finding(
-        aspect="subjects and layout", level=level,
-        summary=f"Your pictures' arrangements are {'very similar' if level == 'narrow' else 'somewhat similar' if level == 'some' else 'varied'} "
-                f"(average likeness {mean_like:.2f} on a 0–1 scale).",
-        why=f"A {kind} LoRA learns best from varied {what}: what repeats in every picture is what the "
-            "trigger word absorbs. I judge this from arrangement and colour, not from what is depicted."))
+    alike = {"narrow": "very similar", "some": "somewhat similar", "varied": "varied"}[level]
+    found.append(
+        Finding(
+            aspect="subjects and layout",
+            level=level,
+            summary=f"Your pictures' arrangements are {alike} (average likeness {mean_like:.2f} on a 0–1 scale).",
+            why=f"A {kind} LoRA learns best from varied {what}: what repeats in every picture is what the "
+            "trigger word absorbs. I judge this from arrangement and colour, not from what is depicted.",
+        )
+    )
     level, hue, share = _spread([f.hue for f in items])
-    found.append(Finding(
-        aspect="colour", level=level,
-        summary=f"{share:.0%} of the pictures are dominated by {hue}.",
-        why="If one palette runs through every picture, the LoRA will push everything towards it — fine if "
-            "that palette is part of what you want to teach, a problem if it isn't."))
+    found.append(
+        Finding(
+            aspect="colour",
+            level=level,
+            summary=f"{share:.0%} of the pictures are dominated by {hue}.",
+            why="If one palette runs through every picture, the LoRA will push everything towards it — fine if "
+            "that palette is part of what you want to teach, a problem if it isn't.",
+        )
+    )
     level, light, share = _spread([f.lighting for f in items])
-    found.append(Finding(
-        aspect="lighting", level=level, summary=f"{share:.0%} of the pictures are {light}.",
-        why="Pictures all in one light teach that light along with everything else; a mix of darker and "
-            "brighter pictures keeps the LoRA flexible."))
+    found.append(
+        Finding(
+            aspect="lighting",
+            level=level,
+            summary=f"{share:.0%} of the pictures are {light}.",
+            why="Pictures all in one light teach that light along with everything else; a mix of darker and "
+            "brighter pictures keeps the LoRA flexible.",
+        )
+    )
     level, place, share = _spread([f.placement for f in items])
-    found.append(Finding(
-        aspect="composition", level=level, summary=f"In {share:.0%} of the pictures the main detail sits {place}.",
-        why="If the subject always sits in the same spot, generated images will put it there too."))
+    found.append(
+        Finding(
+            aspect="composition",
+            level=level,
+            summary=f"In {share:.0%} of the pictures the main detail sits {place}.",
+            why="If the subject always sits in the same spot, generated images will put it there too.",
+        )
+    )
     return found
 
 
@@ -96,45 +114,74 @@ def _subset(names: list[str], likeness: np.ndarray, penalty: np.ndarray, size: i
 
 
 def _regularization(kind: LoraType, subject_level: Level, count: int, low: int) -> tuple[bool, str]:
-    what = "they are \"normal\" pictures that help the model remember what it already knows while it learns"
+    what = 'they are "normal" pictures that help the model remember what it already knows while it learns'
     if kind == LoraType.style:
         if subject_level == "narrow":
-            return True, (f"Regularization pictures would help: {what} your style. Your pictures look alike in "
-                          "arrangement, so pictures of similar subjects in other styles would help the model "
-                          "separate your technique from your subjects.")
-        return False, ("Regularization pictures aren't needed: for a style, varied subjects do that job, and "
-                       "your pictures are varied enough.")
+            return True, (
+                f"Regularization pictures would help: {what} your style. Your pictures look alike in "
+                "arrangement, so pictures of similar subjects in other styles would help the model "
+                "separate your technique from your subjects."
+            )
+        return False, (
+            "Regularization pictures aren't needed: for a style, varied subjects do that job, and "
+            "your pictures are varied enough."
+        )
     thing = "person or creature" if kind == LoraType.character else "kind of thing"
-    return True, (f"Regularization pictures would help: {what} this one. Pictures of other examples of the "
-                  f"same {thing} keep it from turning every {thing} into yours"
-                  + (" — all the more with a small dataset." if count < low * 1.5 else "."))
+    return True, (
+        f"Regularization pictures would help: {what} this one. Pictures of other examples of the "
+        f"same {thing} keep it from turning every {thing} into yours"
+        + (" — all the more with a small dataset." if count < low * 1.5 else ".")
+    )
 
 
 def curate(snapshot: Snapshot) -> Curation:
     target = snapshot.intent.target
     names = [f for f in snapshot.usable if snapshot.inspections[f].thumb is not None]
     if len(names) < 2:
-        return Curation(count=len(names), target=str(target), findings=[], too_alike=[], subset=None,
-                        left_out={}, regularization=False,
-                        regularization_why="There are too few pictures to judge yet; add more first.")
+        return Curation(
+            count=len(names),
+            target=str(target),
+            findings=[],
+            too_alike=[],
+            subset=None,
+            left_out={},
+            regularization=False,
+            regularization_why="There are too few pictures to judge yet; add more first.",
+        )
     items = [features(snapshot.inspections[n].thumb) for n in names]
     likeness = likeness_matrix(items)
     findings = _findings(items, likeness, snapshot.intent.type)
     duplicate_sets = {frozenset((p.a, p.b)) for p in snapshot.duplicates.pairs}
-    close = [(int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(likeness, 1) > TOO_ALIKE))
-             if frozenset((names[i], names[j])) not in duplicate_sets]
+    close = [
+        (int(i), int(j))
+        for i, j in zip(*np.nonzero(np.triu(likeness, 1) > TOO_ALIKE), strict=True)
+        if frozenset((names[i], names[j])) not in duplicate_sets
+    ]
     too_alike = group_pairs(names, close)
     subset, left_out = None, {}
     if len(names) > target.high:
-        penalty = np.array([0.8 if any(i.severity == "warning" for i in snapshot.inspections[n].audit.issues)
-                            else 1.0 for n in names])
+        penalty = np.array(
+            [0.8 if any(i.severity == "warning" for i in snapshot.inspections[n].audit.issues) else 1.0 for n in names]
+        )
         chosen, closest = _subset(names, likeness, penalty, target.high)
         subset = [names[i] for i in chosen]
         for i, j in closest.items():
-            issues = [x.code.replace("_", " ") for x in snapshot.inspections[names[i]].audit.issues
-                      if x.severity == "warning"]
-            left_out[names[i]] = (f"very like {names[j]}, which is kept" if not issues
-                                  else f"has quality warnings ({', '.join(issues)}) and resembles {names[j]}")
+            issues = [
+                x.code.replace("_", " ") for x in snapshot.inspections[names[i]].audit.issues if x.severity == "warning"
+            ]
+            left_out[names[i]] = (
+                f"very like {names[j]}, which is kept"
+                if not issues
+                else f"has quality warnings ({', '.join(issues)}) and resembles {names[j]}"
+            )
     regularization, why = _regularization(snapshot.intent.type, findings[0].level, len(names), target.low)
-    return Curation(count=len(names), target=str(target), findings=findings, too_alike=too_alike,
-                    subset=subset, left_out=left_out, regularization=regularization, regularization_why=why)
+    return Curation(
+        count=len(names),
+        target=str(target),
+        findings=findings,
+        too_alike=too_alike,
+        subset=subset,
+        left_out=left_out,
+        regularization=regularization,
+        regularization_why=why,
+    )

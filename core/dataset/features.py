@@ -13,8 +13,17 @@ import numpy as np
 from PIL import Image
 
 # Hue families by the upper edge of their hue range, in degrees.
-HUES = [(15, "red"), (40, "orange"), (70, "yellow"), (160, "green"), (200, "teal"), (255, "blue"),
-        (290, "purple"), (335, "pink"), (360, "red")]
+HUES = [
+    (15, "red"),
+    (40, "orange"),
+    (70, "yellow"),
+    (160, "green"),
+    (200, "teal"),
+    (255, "blue"),
+    (290, "purple"),
+    (335, "pink"),
+    (360, "red"),
+]
 NEUTRAL_SATURATION = 0.18  # below this the picture reads as grey / neutral
 
 

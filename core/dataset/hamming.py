@@ -42,8 +42,7 @@ def pairs_within(
     self_join = queries is None
     queries = codes if self_join else np.ascontiguousarray(queries, dtype=np.uint64)
     masks = _flip_masks(radius // CHUNKS).astype(np.int32)
-    search = partial(_search_chunk, codes=codes, queries=queries, masks=masks, radius=radius,
-                     self_join=self_join)
+    search = partial(_search_chunk, codes=codes, queries=queries, masks=masks, radius=radius, self_join=self_join)
     with ThreadPoolExecutor(max_workers=threads or min(CHUNKS, os.cpu_count() or 1)) as pool:
         found = [part for parts in pool.map(search, range(CHUNKS)) for part in parts]
     if not found:

@@ -79,15 +79,23 @@ async def import_paths(
     for path, shown in files:
         size = path.stat().st_size if path.is_file() and not path.is_symlink() else 0
         if size > settings.max_upload_bytes:
-            results.append(Imported(original=shown, stored=None, status="refused", message=(
-                f"This file is {size / 1e6:.0f} MB, over the {settings.max_upload_mb:g} MB limit. "
-                "Export a smaller version (a long side of about 2048 px is plenty for training).")))
+            results.append(
+                Imported(
+                    original=shown,
+                    stored=None,
+                    status="refused",
+                    message=(
+                        f"This file is {size / 1e6:.0f} MB, over the {settings.max_upload_mb:g} MB limit. "
+                        "Export a smaller version (a long side of about 2048 px is plenty for training)."
+                    ),
+                )
+            )
         else:
             checkable.append((path, shown))
     limits = Limits(resolution=resolution, max_pixels=settings.max_image_pixels)
     inspections = inspect_all(checkable, limits, settings.workers)
     project.dataset_dir.mkdir(parents=True, exist_ok=True)
-    for (path, shown), inspection in zip(checkable, inspections):
+    for (path, shown), inspection in zip(checkable, inspections, strict=True):
         results.append(await _import_one(project, store, path, shown, inspection))
     return results
 
@@ -99,12 +107,19 @@ async def _import_one(project: Project, store: Store, path: Path, shown: str, in
         return Imported(original=shown, stored=None, status="refused", message=reason)
     existing = await store.image_by_sha(project.name, inspection.sha256)
     if existing and (project.dataset_dir / existing).exists():
-        return Imported(original=shown, stored=existing, status="already_there",
-                        message=f"This exact file is already in the project as {existing}; skipped.")
+        return Imported(
+            original=shown,
+            stored=existing,
+            status="already_there",
+            message=f"This exact file is already in the project as {existing}; skipped.",
+        )
     if existing and (project.excluded_dir / existing).exists():
-        return Imported(original=shown, stored=existing, status="already_there",
-                        message=f"This exact file was set aside earlier as {existing} (you kept its "
-                        "duplicate instead); skipped.")
+        return Imported(
+            original=shown,
+            stored=existing,
+            status="already_there",
+            message=f"This exact file was set aside earlier as {existing} (you kept its duplicate instead); skipped.",
+        )
     if existing:  # the artist deleted it by hand since: import it afresh
         await store.forget_image(project.name, existing)
     name = _unique_name(project.dataset_dir, safe_stem(shown), EXTENSIONS[audit.format])

@@ -33,9 +33,72 @@ LOW_JPEG_QUALITY = 65  # below this, block artefacts are visible and can be lear
 
 # libjpeg's standard luminance quantisation table (ITU T.81, Annex K), used to estimate quality.
 _STD_LUMA_SUM = sum(
-    [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
-     14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-     49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99]
+    [
+        16,
+        11,
+        10,
+        16,
+        24,
+        40,
+        51,
+        61,
+        12,
+        12,
+        14,
+        19,
+        26,
+        58,
+        60,
+        55,
+        14,
+        13,
+        16,
+        24,
+        40,
+        57,
+        69,
+        56,
+        14,
+        17,
+        22,
+        29,
+        51,
+        87,
+        80,
+        62,
+        18,
+        22,
+        37,
+        56,
+        68,
+        109,
+        103,
+        77,
+        24,
+        35,
+        55,
+        64,
+        81,
+        104,
+        113,
+        92,
+        49,
+        64,
+        78,
+        87,
+        103,
+        121,
+        120,
+        101,
+        72,
+        92,
+        95,
+        98,
+        112,
+        100,
+        103,
+        99,
+    ]
 )
 _EXIF_ORIENTATION = 0x0112
 
@@ -127,39 +190,72 @@ def _check_properties(audit: ImageAudit, im: Image.Image, head: bytes, limits: L
     w, h = audit.width, audit.height
     depth = _bit_depth(im, head)
     if im.mode == "CMYK":
-        _warn(audit, "color_mode", "This picture is in CMYK (print colours); I'll convert it to screen "
-              "colours (RGB) for training, and some colours may shift slightly.")
+        _warn(
+            audit,
+            "color_mode",
+            "This picture is in CMYK (print colours); I'll convert it to screen "
+            "colours (RGB) for training, and some colours may shift slightly.",
+        )
     elif depth > 8:
-        _warn(audit, "color_mode", f"This picture uses {depth}-bit colour; training uses 8-bit, so I'll "
-              "convert it. Fine gradients may band slightly.")
+        _warn(
+            audit,
+            "color_mode",
+            f"This picture uses {depth}-bit colour; training uses 8-bit, so I'll "
+            "convert it. Fine gradients may band slightly.",
+        )
     elif im.mode in ("L", "LA", "1", "I", "F"):
-        _warn(audit, "color_mode", "This picture is black-and-white (grayscale); I'll convert it to colour "
-              "for training. If most of your pictures are in colour, it will pull the model towards grey.")
+        _warn(
+            audit,
+            "color_mode",
+            "This picture is black-and-white (grayscale); I'll convert it to colour "
+            "for training. If most of your pictures are in colour, it will pull the model towards grey.",
+        )
     elif im.mode in ("P", "PA"):
-        _warn(audit, "color_mode", "This picture uses a limited colour palette (like a GIF); I'll convert "
-              "it to full colour for training.")
+        _warn(
+            audit,
+            "color_mode",
+            "This picture uses a limited colour palette (like a GIF); I'll convert it to full colour for training.",
+        )
     if _has_real_alpha(im):
-        _warn(audit, "alpha", "This picture has a transparent background; I'll put it on white unless "
-              "you'd like another colour.")
+        _warn(
+            audit,
+            "alpha",
+            "This picture has a transparent background; I'll put it on white unless you'd like another colour.",
+        )
     if getattr(im, "n_frames", 1) > 1:
-        _warn(audit, "animated", f"This is an animation ({im.n_frames} frames); only its first frame "
-              "will be used for training.")
+        _warn(
+            audit,
+            "animated",
+            f"This is an animation ({im.n_frames} frames); only its first frame will be used for training.",
+        )
     if min(w, h) < limits.resolution:
-        _warn(audit, "too_small", f"This picture is {w}×{h}; its short side is below {limits.resolution} px, "
-              "the size this model trains at, so it would look soft after training. Upscale it or leave "
-              "it out.")
+        _warn(
+            audit,
+            "too_small",
+            f"This picture is {w}×{h}; its short side is below {limits.resolution} px, "
+            "the size this model trains at, so it would look soft after training. Upscale it or leave "
+            "it out.",
+        )
     aspect = max(w, h) / min(w, h)
     if aspect > EXTREME_ASPECT:
         bw, bh = bucket_for(w, h, limits.resolution)
         shape = "wide" if w > h else "tall"
-        _warn(audit, "extreme_aspect", f"This picture is very {shape} ({aspect:.1f} : 1). Training sorts "
-              f"pictures into standard shapes, and this one lands in {bw}×{bh}, so it loses detail. "
-              "Consider cropping it into two pictures.")
+        _warn(
+            audit,
+            "extreme_aspect",
+            f"This picture is very {shape} ({aspect:.1f} : 1). Training sorts "
+            f"pictures into standard shapes, and this one lands in {bw}×{bh}, so it loses detail. "
+            "Consider cropping it into two pictures.",
+        )
     quality = _jpeg_quality(im) if im.format == "JPEG" else None
     if quality is not None and quality < LOW_JPEG_QUALITY:
-        _warn(audit, "low_quality_jpeg", f"This JPEG is heavily compressed (quality about {quality} of 100); "
-              "its blocky artefacts can be learned as part of your style. A less compressed export or a "
-              "PNG would be better.")
+        _warn(
+            audit,
+            "low_quality_jpeg",
+            f"This JPEG is heavily compressed (quality about {quality} of 100); "
+            "its blocky artefacts can be learned as part of your style. A less compressed export or a "
+            "PNG would be better.",
+        )
 
 
 def inspect_file(path: Path, name: str, limits: Limits) -> Inspection:
@@ -182,8 +278,11 @@ def inspect_file(path: Path, name: str, limits: Limits) -> Inspection:
         _error(audit, "not_an_image", _describe_unknown(head))
         return result
     if kind.format is None:
-        _error(audit, "unsupported_format", f"This is a {kind.label}, which training tools can't read. "
-               "Export it as PNG or JPEG and send it again.")
+        _error(
+            audit,
+            "unsupported_format",
+            f"This is a {kind.label}, which training tools can't read. Export it as PNG or JPEG and send it again.",
+        )
         return result
     result.sha256 = _sha256(path)
     audit.format = kind.format
@@ -208,22 +307,38 @@ def inspect_file(path: Path, name: str, limits: Limits) -> Inspection:
                 work = _to_rgb(ImageOps.exif_transpose(im))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         claimed = f"claims to be {w}×{h} pixels ({w * h / 1e6:.0f} megapixels)" if w else "is enormous"
-        _error(audit, "decompression_bomb", f"This picture {claimed}, beyond the "
-                      f"{limits.max_pixels / 1e6:.0f} megapixel safety limit, so I won't open it: a file like "
-                      "that can exhaust the computer's memory. If it's a real picture, downscale it and send "
-                      "it again.")
+        _error(
+            audit,
+            "decompression_bomb",
+            f"This picture {claimed}, beyond the "
+            f"{limits.max_pixels / 1e6:.0f} megapixel safety limit, so I won't open it: a file like "
+            "that can exhaust the computer's memory. If it's a real picture, downscale it and send "
+            "it again.",
+        )
         return result
     except Exception as err:  # noqa: BLE001 — any decoder failure on a hostile file is the file's fault
         if "truncat" in str(err).lower() or isinstance(err, EOFError):
-            _error(audit, "truncated", f"This file is cut off partway — it may have failed to upload "
-                          f"or save. Please send it again. (The {kind.label} ends before the picture does.)")
+            _error(
+                audit,
+                "truncated",
+                f"This file is cut off partway — it may have failed to upload "
+                f"or save. Please send it again. (The {kind.label} ends before the picture does.)",
+            )
         else:
-            _error(audit, "corrupt", f"This file says it is a {kind.label} but it can't be read — it may "
-                      "be damaged. Please export or download it again.")
+            _error(
+                audit,
+                "corrupt",
+                f"This file says it is a {kind.label} but it can't be read — it may "
+                "be damaged. Please export or download it again.",
+            )
         return result
     if orientation not in (1, None):
-        _warn(audit, "exif_rotated", "Your camera or phone stored this photo rotated; I'll use it the right "
-              "way up.", severity="info")
+        _warn(
+            audit,
+            "exif_rotated",
+            "Your camera or phone stored this photo rotated; I'll use it the right way up.",
+            severity="info",
+        )
     work.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
     result.phash = mirror_proof_phash(work)
     result.thumb = np.asarray(work.resize((THUMB, THUMB), Image.Resampling.BILINEAR), dtype=np.uint8)

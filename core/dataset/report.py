@@ -30,23 +30,31 @@ def decide(snapshot: Snapshot) -> GateOne:
     unusable = [a.file for a in snapshot.audit.images if not a.ok]
     if not any(snapshot.captions.get(f) for f in usable):
         reasons.append("images are not captioned yet")
-        fixes.append("Caption the pictures (the next step): each caption says what is in the picture and how it "
-                     f"is made, with `{snapshot.intent.trigger}` first.")
+        fixes.append(
+            "Caption the pictures (the next step): each caption says what is in the picture and how it "
+            f"is made, with `{snapshot.intent.trigger}` first."
+        )
     elif missing := [f for f in usable if f not in captioned]:
-        reasons.append(f"{len(missing)} of {len(usable)} pictures have no caption starting with "
-                       f"`{snapshot.intent.trigger}`")
+        reasons.append(
+            f"{len(missing)} of {len(usable)} pictures have no caption starting with `{snapshot.intent.trigger}`"
+        )
         fixes.append(f"Caption {names_list(missing)} with the trigger word first.")
     if snapshot.unresolved:
         reasons.append(f"{len(snapshot.unresolved)} duplicate pair(s) are waiting for your decision")
-        fixes.append("Choose which picture of each pair to keep: "
-                     + "; ".join(f"`loratrain resolve {snapshot.project.name} {p.a} {p.b} --keep a|b|both`"
-                                 for p in snapshot.unresolved) + ".")
+        fixes.append(
+            "Choose which picture of each pair to keep: "
+            + "; ".join(
+                f"`loratrain resolve {snapshot.project.name} {p.a} {p.b} --keep a|b|both`" for p in snapshot.unresolved
+            )
+            + "."
+        )
     if unusable:
         reasons.append(f"{len(unusable)} file(s) can't be used")
         fixes.append(f"Remove or replace {names_list(unusable)} (see Quality Issues for each one's problem).")
     if len(usable) < target.low:
-        reasons.append(f"{len(usable)} usable pictures, fewer than the {target.low} a {snapshot.intent.type} "
-                       "LoRA needs")
+        reasons.append(
+            f"{len(usable)} usable pictures, fewer than the {target.low} a {snapshot.intent.type} LoRA needs"
+        )
         fixes.append(f"Add at least {target.low - len(usable)} more pictures ({target}: {target.why}).")
     return GateOne(passed=not reasons, reasons=reasons, fixes=fixes, fingerprint=snapshot.fingerprint())
 
@@ -58,27 +66,33 @@ def _content_style(snapshot: Snapshot, curation: Curation) -> str:
     if layout is None:
         lines.append("Too few pictures to judge yet.")
     elif kind == LoraType.style:
-        lines.append({
-            "varied": "Your pictures vary in arrangement and colour, so content and style can be told apart: "
-                      "what repeats is your technique.",
-            "some": "Your pictures vary somewhat. Captions that name each picture's subject will help the model "
-                    "keep subjects and technique apart.",
-            "narrow": "Your pictures look alike in arrangement and colour, so the model may learn the subject "
-                      "along with the style. More varied subjects, or captions that carefully name the subject, "
-                      "will help.",
-        }[layout.level])
+        lines.append(
+            {
+                "varied": "Your pictures vary in arrangement and colour, so content and style can be told apart: "
+                "what repeats is your technique.",
+                "some": "Your pictures vary somewhat. Captions that name each picture's subject will help the model "
+                "keep subjects and technique apart.",
+                "narrow": "Your pictures look alike in arrangement and colour, so the model may learn the subject "
+                "along with the style. More varied subjects, or captions that carefully name the subject, "
+                "will help.",
+            }[layout.level]
+        )
     else:
-        lines.append({
-            "varied": f"The {kind} appears in varied arrangements, so it can be learned apart from its surroundings.",
-            "some": f"Arrangements vary somewhat; captions that name backgrounds and poses will keep the {kind} "
-                    "separate from them.",
-            "narrow": f"The pictures look alike, so the {kind} may be learned together with one background or "
-                      "pose. Add pictures in other settings.",
-        }[layout.level])
+        lines.append(
+            {
+                "varied": f"The {kind} appears in varied arrangements, so it can be learned apart from its surroundings.",
+                "some": f"Arrangements vary somewhat; captions that name backgrounds and poses will keep the {kind} "
+                "separate from them.",
+                "narrow": f"The pictures look alike, so the {kind} may be learned together with one background or "
+                "pose. Add pictures in other settings.",
+            }[layout.level]
+        )
     captioned = len(snapshot.captioned())
-    lines.append(f"Captions carry the separation (the content each picture shows, named, so that only the "
-                 f"{'style' if kind == LoraType.style else kind} is left for `{snapshot.intent.trigger}`): "
-                 f"{captioned} of {len(snapshot.usable)} pictures are captioned.")
+    lines.append(
+        f"Captions carry the separation (the content each picture shows, named, so that only the "
+        f"{'style' if kind == LoraType.style else kind} is left for `{snapshot.intent.trigger}`): "
+        f"{captioned} of {len(snapshot.usable)} pictures are captioned."
+    )
     return "\n\n".join(lines)
 
 
@@ -89,8 +103,10 @@ def render(snapshot: Snapshot, curation: Curation, gate: GateOne) -> str:
     percent = round(100 * captioned / usable) if usable else 0
     duplicates = snapshot.decided + len(snapshot.unresolved)
     issues = sum(len(a.issues) for a in snapshot.audit.images)
-    diversity = "\n".join(f"- **{f.aspect.capitalize()}** ({f.level}): {f.summary} {f.why}"
-                          for f in curation.findings) or "- Too few pictures to judge variety yet."
+    diversity = (
+        "\n".join(f"- **{f.aspect.capitalize()}** ({f.level}): {f.summary} {f.why}" for f in curation.findings)
+        or "- Too few pictures to judge variety yet."
+    )
     if curation.too_alike:
         diversity += "\n" + "\n".join(f"- **Too alike**: {names_list(g)}" for g in curation.too_alike)
     diversity += f"\n- **Regularization**: {curation.regularization_why}"
@@ -99,8 +115,10 @@ def render(snapshot: Snapshot, curation: Curation, gate: GateOne) -> str:
         quality += [f"- ⚠️ Duplicates awaiting your decision: `{p.a}` and `{p.b}`." for p in snapshot.unresolved]
     decision = "GO" if gate.passed else "NO-GO"
     if gate.passed:
-        reasoning = "Every picture is captioned with the trigger word first, no duplicates are waiting, no file " \
-                    "is unusable, and there are enough pictures for this type."
+        reasoning = (
+            "Every picture is captioned with the trigger word first, no duplicates are waiting, no file "
+            "is unusable, and there are enough pictures for this type."
+        )
         detail = f"### If GO:\n{_strengths(snapshot, curation)}"
     else:
         reasoning = "Not ready yet: " + "; ".join(gate.reasons) + "."
@@ -133,8 +151,10 @@ def render(snapshot: Snapshot, curation: Curation, gate: GateOne) -> str:
 def _strengths(snapshot: Snapshot, curation: Curation) -> str:
     varied = [f.aspect for f in curation.findings if f.level == "varied"]
     narrow = [f.aspect for f in curation.findings if f.level == "narrow"]
-    lines = [f"- Trains well: {', '.join(varied) if varied else 'a consistent look'} "
-             f"across {len(snapshot.usable)} pictures, all captioned with `{snapshot.intent.trigger}`."]
+    lines = [
+        f"- Trains well: {', '.join(varied) if varied else 'a consistent look'} "
+        f"across {len(snapshot.usable)} pictures, all captioned with `{snapshot.intent.trigger}`."
+    ]
     if narrow:
         lines.append(f"- Known limits: little variety in {', '.join(narrow)}; expect the LoRA to lean that way.")
     warned = sum(1 for a in snapshot.audit.images if a.ok and any(i.severity == "warning" for i in a.issues))
@@ -146,6 +166,7 @@ def _strengths(snapshot: Snapshot, curation: Curation) -> str:
 async def write_report(snapshot: Snapshot, curation: Curation, store: Store) -> tuple[GateOne, str]:
     gate = decide(snapshot)
     path = snapshot.project.write("dataset-report.md", render(snapshot, curation, gate))
-    await store.record_gate(snapshot.project.name, 1, gate.passed, gate.fingerprint,
-                            {"reasons": gate.reasons, "fixes": gate.fixes})
+    await store.record_gate(
+        snapshot.project.name, 1, gate.passed, gate.fingerprint, {"reasons": gate.reasons, "fixes": gate.fixes}
+    )
     return gate, str(path)

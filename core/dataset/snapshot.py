@@ -59,7 +59,8 @@ async def take(project: Project, intent: Intent, settings: Settings, store: Stor
     by_name = {i.audit.file: i for i in inspections}
     duplicates = find_duplicates(inspections)
     unresolved = [
-        p for p in duplicates.pairs
+        p
+        for p in duplicates.pairs
         if await store.duplicate_decision(project.name, by_name[p.a].sha256, by_name[p.b].sha256) is None
     ]
     captions = {}
@@ -67,8 +68,11 @@ async def take(project: Project, intent: Intent, settings: Settings, store: Stor
         path = caption_path(project.dataset_dir / name)
         if path.is_file():
             captions[name] = path.read_text(encoding="utf-8", errors="replace").strip()
-    excluded = sorted(p.name for p in project.excluded_dir.glob("*") if p.suffix != ".txt") \
-        if project.excluded_dir.is_dir() else []
+    excluded = (
+        sorted(p.name for p in project.excluded_dir.glob("*") if p.suffix != ".txt")
+        if project.excluded_dir.is_dir()
+        else []
+    )
     decided = await store.duplicate_decisions(project.name)
     return Snapshot(project, intent, audit, by_name, duplicates, unresolved, decided, excluded, captions)
 
@@ -78,7 +82,10 @@ async def resolve(snapshot: Snapshot, store: Store, a: str, b: str, keep: Keep) 
     to ``excluded/`` — set aside, never deleted. Returns a plain sentence saying what happened."""
     pair = next((p for p in snapshot.duplicates.pairs if {p.a, p.b} == {a, b}), None)
     if pair is None:
-        raise UserError(f"{a} and {b} are not a duplicate pair in this project; run 'loratrain dupes' to see the pairs.")
+        raise UserError(
+            f"{a} and {b} are not a duplicate pair in this project; "
+            f"'loratrain dupes {snapshot.project.dataset_dir}' lists the pairs."
+        )
     ins_a, ins_b = snapshot.inspections[a], snapshot.inspections[b]
     await store.decide_duplicate(snapshot.project.name, ins_a.sha256, ins_b.sha256, keep)
     if keep == "both":
