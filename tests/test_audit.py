@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import struct
 import zlib
@@ -142,25 +141,63 @@ def codes(audit: ImageAudit) -> set[str]:
 REFUSED = [
     # name, contents, code, words the message must contain
     pytest.param("empty.jpg", lambda: b"", "not_an_image", "empty", id="zero-byte file"),
-    pytest.param("notes.jpg", lambda: b"my shopping list: eggs, milk\n" * 20, "not_an_image", "text file",
-                 id="text file named .jpg"),
-    pytest.param("drawing.png", lambda: b'<?xml version="1.0" encoding="UTF-8"?>\n<svg xmlns="http://www.w3.org/'
-                 b'2000/svg" width="400" height="300"><circle cx="50" cy="50" r="40"/></svg>\n',
-                 "unsupported_format", "SVG", id="SVG with XML prolog named .png"),
-    pytest.param("logo.png", lambda: b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 10 10">'
-                 b'<rect width="10" height="10"/></svg>', "unsupported_format", "SVG", id="bare SVG named .png"),
-    pytest.param("IMG_0001.jpg", lambda: b"\x00\x00\x00\x18ftypheic" + b"\x00" * 2000, "unsupported_format",
-                 "HEIC", id="HEIC photo"),
-    pytest.param("layers.png", lambda: b"8BPS" + b"\x00\x01" + b"\x00" * 2000, "unsupported_format", "PSD",
-                 id="Photoshop document"),
+    pytest.param(
+        "notes.jpg",
+        lambda: b"my shopping list: eggs, milk\n" * 20,
+        "not_an_image",
+        "text file",
+        id="text file named .jpg",
+    ),
+    pytest.param(
+        "drawing.png",
+        lambda: (
+            b'<?xml version="1.0" encoding="UTF-8"?>\n<svg xmlns="http://www.w3.org/'
+            b'2000/svg" width="400" height="300"><circle cx="50" cy="50" r="40"/></svg>\n'
+        ),
+        "unsupported_format",
+        "SVG",
+        id="SVG with XML prolog named .png",
+    ),
+    pytest.param(
+        "logo.png",
+        lambda: b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 10 10"><rect width="10" height="10"/></svg>',
+        "unsupported_format",
+        "SVG",
+        id="bare SVG named .png",
+    ),
+    pytest.param(
+        "IMG_0001.jpg",
+        lambda: b"\x00\x00\x00\x18ftypheic" + b"\x00" * 2000,
+        "unsupported_format",
+        "HEIC",
+        id="HEIC photo",
+    ),
+    pytest.param(
+        "layers.png",
+        lambda: b"8BPS" + b"\x00\x01" + b"\x00" * 2000,
+        "unsupported_format",
+        "PSD",
+        id="Photoshop document",
+    ),
     pytest.param("half.jpg", lambda: half(jpeg_bytes(picture())), "truncated", "cut off", id="JPEG cut at half"),
-    pytest.param("half-progressive.jpg", lambda: half(jpeg_bytes(picture(), progressive=True)), "truncated",
-                 "cut off", id="progressive JPEG cut at half"),
+    pytest.param(
+        "half-progressive.jpg",
+        lambda: half(jpeg_bytes(picture(), progressive=True)),
+        "truncated",
+        "cut off",
+        id="progressive JPEG cut at half",
+    ),
     pytest.param("half.png", lambda: half(png_bytes(picture())), "truncated", "cut off", id="PNG cut at half"),
-    pytest.param("damaged.jpg", lambda: garbage_after(jpeg_bytes(picture())[:20], 40_000), "corrupt", "damaged",
-                 id="JPEG header then garbage"),
-    pytest.param("scrambled.jpg", jpeg_headers_then_garbage, "corrupt", "damaged",
-                 id="JPEG tables intact then garbage scan"),
+    pytest.param(
+        "damaged.jpg",
+        lambda: garbage_after(jpeg_bytes(picture())[:20], 40_000),
+        "corrupt",
+        "damaged",
+        id="JPEG header then garbage",
+    ),
+    pytest.param(
+        "scrambled.jpg", jpeg_headers_then_garbage, "corrupt", "damaged", id="JPEG tables intact then garbage scan"
+    ),
 ]
 
 
@@ -218,10 +255,30 @@ def test_the_bomb_message_does_not_contradict_itself(tmp_path):
     """A 1.2-megapixel picture refused for exceeding a 1-megapixel limit must not be described as
     '1 megapixels, beyond the 1 megapixel safety limit'."""
     limits = Limits(resolution=256, max_pixels=1_000_000)
-    message = the_issue(audit_bytes(tmp_path, "large.png", png_bytes(picture((1200, 1000))), limits),
-                        "decompression_bomb").message
+    message = the_issue(
+        audit_bytes(tmp_path, "large.png", png_bytes(picture((1200, 1000))), limits), "decompression_bomb"
+    ).message
     claimed, limit = (float(n) for n in re.findall(r"([\d.]+) megapixel", message))
     assert claimed > limit, message
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP"])
+def test_damaged_files_of_every_decodable_format_never_crash(tmp_path, fmt):
+    buf = io.BytesIO()
+    picture((160, 120)).save(buf, fmt)
+    data = buf.getvalue()
+    rng = np.random.default_rng(7)
+    damaged = [data[:cut] for cut in (8, 16, 40, len(data) // 3, len(data) * 2 // 3, len(data) - 20)]
+    for _ in range(8):
+        flipped = bytearray(data)
+        for at in rng.integers(8, len(data), 12):
+            flipped[at] ^= 0xFF
+        damaged.append(bytes(flipped))
+    for n, contents in enumerate(damaged):
+        audit = audit_bytes(tmp_path, f"damaged-{n}.{fmt.lower()}", contents)
+        assert_well_formed(audit)
+        if n < 5:  # cut well before the end: never passes as a usable picture
+            assert audit.ok is False, (n, audit.issues)
 
 
 # --- files that can be used, with something to know: warnings and notes ------------------------
@@ -235,11 +292,13 @@ WARNED = [
     pytest.param("grey.jpg", lambda: jpeg_bytes(picture().convert("L")), "color_mode", "L", id="grayscale JPEG"),
     pytest.param("sticker.png", with_transparency, "alpha", "RGBA", id="RGBA with transparency"),
     pytest.param("cutout.png", palette_with_transparent_index, "alpha", "P", id="palette with transparent colour"),
-    pytest.param("panorama.jpg", lambda: jpeg_bytes(scene(2, (3000, 600))), "extreme_aspect", "RGB",
-                 id="3000x600 panorama"),
+    pytest.param(
+        "panorama.jpg", lambda: jpeg_bytes(scene(2, (3000, 600))), "extreme_aspect", "RGB", id="3000x600 panorama"
+    ),
     pytest.param("banner.png", lambda: png_bytes(picture((300, 900))), "extreme_aspect", "RGB", id="tall banner"),
-    pytest.param("crunchy.jpg", lambda: jpeg_bytes(picture(), quality=15), "low_quality_jpeg", "RGB",
-                 id="JPEG quality 15"),
+    pytest.param(
+        "crunchy.jpg", lambda: jpeg_bytes(picture(), quality=15), "low_quality_jpeg", "RGB", id="JPEG quality 15"
+    ),
     pytest.param("thumb.jpg", lambda: jpeg_bytes(picture((200, 150))), "too_small", "RGB", id="too small"),
 ]
 
@@ -408,12 +467,14 @@ def test_audit_plain_output_names_the_problem_files(cli, problem_folder):
     assert code == 0, err
     assert out.startswith("Got 7 files.")
     lines = out.splitlines()
-    for name, what in [("empty.jpg", "aren't pictures"), ("half.jpg", "cut off"),
-                       ("drawing.png", "format training tools can't read"), ("grey.png", "8-bit colour"),
-                       ("phone.jpg", "rotated")]:
-        line = next((line for line in lines if f"`{name}`" in line), None)
-        assert line is not None, f"{name} not named in:\n{out}"
-        assert what in line, line
+    for name, what in [
+        ("empty.jpg", "(empty, text or another kind of file)"),
+        ("half.jpg", "cut off"),
+        ("drawing.png", "format training tools can't read"),
+        ("grey.png", "8-bit colour"),
+        ("phone.jpg", "rotated"),
+    ]:
+        assert any(f"`{name}`" in line and what in line for line in lines), f"{name} / {what!r} not in:\n{out}"
     assert "Traceback" not in out + err
 
 
@@ -427,4 +488,3 @@ def test_auditing_something_that_is_not_a_folder_is_a_plain_error(cli, tmp_path,
     assert err.startswith("loratrain: I can't find a folder at")
     assert str(target) in err
     assert "Traceback" not in err and "Error" not in err
-    assert os.path.exists(tmp_path / "a-file.jpg")

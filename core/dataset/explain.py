@@ -15,7 +15,7 @@ GROUPS = {
         "{n} {is_are} cut off partway — probably {they_it} didn't finish uploading. Please send {they_it_obj} again",
     ),
     "corrupt": ("❌", "{n} can't be read — {they_it} may be damaged. Please export {they_it_obj} again"),
-    "not_an_image": ("❌", "{n} {is_are}n't pictures (empty, text or another kind of file)"),
+    "not_an_image": ("❌", "{n} {is_are}n't {a_picture} (empty, text or another kind of file)"),
     "unsupported_format": (
         "❌",
         "{n} {is_are} in a format training tools can't read (such as HEIC, PSD or "
@@ -66,6 +66,7 @@ def _sentence(template: str, n: int, resolution: int) -> str:
         is_are="is" if one else "are",
         has_have="has" if one else "have",
         was_were="was" if one else "were",
+        a_picture="a picture" if one else "pictures",
         they_it="it" if one else "they",
         they_it_obj="it" if one else "them",
     )

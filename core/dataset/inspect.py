@@ -28,6 +28,7 @@ from core.dataset.sniff import HEAD_BYTES, sniff
 
 THUMB = 64  # side of the square thumbnail kept for duplicate confirmation and diversity features
 WORK_SIDE = 256  # long side of the working copy the hashes are computed from
+DRAFT_SIDE = 2 * THUMB  # JPEGs are decoded at the smallest scale (down to 1/8) that stays above this
 EXTREME_ASPECT = 2.0  # wider or taller than 2:1 lands in a stretched training bucket
 LOW_JPEG_QUALITY = 65  # below this, block artefacts are visible and can be learned as "style"
 
@@ -268,7 +269,7 @@ def inspect_file(path: Path, name: str, limits: Limits) -> Inspection:
         _error(audit, "not_an_image", "This file disappeared or can't be read (check its permissions).")
         return result
     if not stat.S_ISREG(st.st_mode):
-        what = "a link to another file" if stat.S_ISLNK(st.st_mode) else "not an ordinary file"
+        what = "a link to another file or folder" if stat.S_ISLNK(st.st_mode) else "not an ordinary file"
         _error(audit, "not_an_image", f"This is {what}, not a picture; copy the picture itself in instead.")
         return result
     with path.open("rb") as f:
@@ -281,7 +282,7 @@ def inspect_file(path: Path, name: str, limits: Limits) -> Inspection:
         _error(
             audit,
             "unsupported_format",
-            f"This is a {kind.label}, which training tools can't read. Export it as PNG or JPEG and send it again.",
+            f"This is {kind.label}, which training tools can't read. Export it as PNG or JPEG and send it again.",
         )
         return result
     result.sha256 = _sha256(path)
@@ -299,19 +300,19 @@ def inspect_file(path: Path, name: str, limits: Limits) -> Inspection:
             with Image.open(path, formats=[kind.format]) as im:
                 orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
                 if im.format == "JPEG":
-                    im.draft("RGB", (WORK_SIDE, WORK_SIDE))
+                    im.draft("RGB", (DRAFT_SIDE, DRAFT_SIDE))
                 im.load()
                 rotated = orientation in (5, 6, 7, 8)
                 audit.width, audit.height = (h, w) if rotated else (w, h)
                 _check_properties(audit, im, head, limits)
                 work = _to_rgb(ImageOps.exif_transpose(im))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        claimed = f"claims to be {w}×{h} pixels ({w * h / 1e6:.0f} megapixels)" if w else "is enormous"
+        claimed = f"claims to be {w}×{h} pixels ({w * h / 1e6:.1f} megapixels)" if w else "is enormous"
         _error(
             audit,
             "decompression_bomb",
             f"This picture {claimed}, beyond the "
-            f"{limits.max_pixels / 1e6:.0f} megapixel safety limit, so I won't open it: a file like "
+            f"{limits.max_pixels / 1e6:.1f} megapixel safety limit, so I won't open it: a file like "
             "that can exhaust the computer's memory. If it's a real picture, downscale it and send "
             "it again.",
         )
@@ -321,14 +322,14 @@ def inspect_file(path: Path, name: str, limits: Limits) -> Inspection:
             _error(
                 audit,
                 "truncated",
-                f"This file is cut off partway — it may have failed to upload "
-                f"or save. Please send it again. (The {kind.label} ends before the picture does.)",
+                "This file is cut off partway — it may have failed to upload "
+                "or save. Please send it again. (It ends before the picture does.)",
             )
         else:
             _error(
                 audit,
                 "corrupt",
-                f"This file says it is a {kind.label} but it can't be read — it may "
+                f"This file says it is {kind.label} but it can't be read — it may "
                 "be damaged. Please export or download it again.",
             )
         return result

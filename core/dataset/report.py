@@ -80,7 +80,8 @@ def _content_style(snapshot: Snapshot, curation: Curation) -> str:
     else:
         lines.append(
             {
-                "varied": f"The {kind} appears in varied arrangements, so it can be learned apart from its surroundings.",
+                "varied": f"The {kind} appears in varied arrangements, so it can be learned apart from its "
+                "surroundings.",
                 "some": f"Arrangements vary somewhat; captions that name backgrounds and poses will keep the {kind} "
                 "separate from them.",
                 "narrow": f"The pictures look alike, so the {kind} may be learned together with one background or "
