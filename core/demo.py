@@ -96,7 +96,7 @@ async def _run(settings: Settings, artist_folder: Path) -> None:
             "\nNext (coming in later steps of loratrain): captions, training settings, environment check, "
             "dry run, training."
         )
-        print(f"Everything is recorded under {project.root}")
+        print(f"Everything is recorded under {project.root.resolve()}")
 
 
 def run_demo(settings: Settings) -> None:

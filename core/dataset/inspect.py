@@ -290,6 +290,9 @@ def inspect_file(path: Path, name: str, limits: Limits) -> Inspection:
     w = h = 0
     try:
         with warnings.catch_warnings():
+            # A damaged file makes Pillow warn (e.g. "Corrupt EXIF data"); the audit already speaks for
+            # the file, so those stay quiet. A bomb warning becomes an error: the picture is refused.
+            warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path, formats=[kind.format]) as im:
                 audit.mode = im.mode
