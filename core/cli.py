@@ -7,6 +7,8 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from core import intent as intents
@@ -17,13 +19,13 @@ from core.dataset.explain import audit_lines, curation_lines, duplicate_lines
 from core.dataset.importer import import_paths
 from core.dataset.inspect import Limits
 from core.dataset.report import write_report
-from core.dataset.snapshot import resolve, take
+from core.dataset.snapshot import Snapshot, resolve, take
 from core.errors import UserError
 from core.families import FAMILIES, Family
 from core.grimoire import Project
 from core.intent import LoraType
 from core.settings import Settings
-from core.store import open_store
+from core.store import Store, open_store
 
 
 def _print(lines: list[str]) -> None:
@@ -66,6 +68,7 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_dupes(settings: Settings, args: argparse.Namespace) -> None:
+    # Duplicates don't depend on the model family; any family's limits serve for the inspection.
     _, inspections = audit_folder(Path(args.dir), _limits(settings, "sdxl"), settings.workers)
     report = find_duplicates(inspections)
     if args.json:
@@ -74,17 +77,22 @@ def cmd_dupes(settings: Settings, args: argparse.Namespace) -> None:
         _print(duplicate_lines(report))
 
 
-async def cmd_resolve(settings: Settings, args: argparse.Namespace) -> None:
-    project = Project.existing(settings, args.name)
+@asynccontextmanager
+async def _snapshot(settings: Settings, name: str) -> AsyncIterator[tuple[Snapshot, Store]]:
+    """The named project's dataset as it stands, with the store open for recording decisions."""
+    project = Project.existing(settings, name)
     async with open_store(settings.database_path) as store:
-        snapshot = await take(project, intents.load(project), settings, store)
+        yield await take(project, intents.load(project), settings, store), store
+
+
+async def cmd_resolve(settings: Settings, args: argparse.Namespace) -> None:
+    async with _snapshot(settings, args.name) as (snapshot, store):
         print(await resolve(snapshot, store, args.a, args.b, args.keep))
 
 
 async def cmd_curate(settings: Settings, args: argparse.Namespace) -> None:
-    project = Project.existing(settings, args.name)
-    async with open_store(settings.database_path) as store:
-        result = curate(await take(project, intents.load(project), settings, store))
+    async with _snapshot(settings, args.name) as (snapshot, _):
+        result = curate(snapshot)
     if args.json:
         print(json.dumps(result.model_dump(), ensure_ascii=False))
     else:
@@ -92,9 +100,7 @@ async def cmd_curate(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def cmd_report(settings: Settings, args: argparse.Namespace) -> None:
-    project = Project.existing(settings, args.name)
-    async with open_store(settings.database_path) as store:
-        snapshot = await take(project, intents.load(project), settings, store)
+    async with _snapshot(settings, args.name) as (snapshot, store):
         gate, path = await write_report(snapshot, curate(snapshot), store)
     if gate.passed:
         print("Gate 1 (dataset): GO — the dataset is ready for training settings.")

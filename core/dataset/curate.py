@@ -65,35 +65,18 @@ def _findings(items: list[Features], likeness: np.ndarray, kind: LoraType) -> li
             "trigger word absorbs. I judge this from arrangement and colour, not from what is depicted.",
         )
     )
-    level, hue, share = _spread([f.hue for f in items])
-    found.append(
-        Finding(
-            aspect="colour",
-            level=level,
-            summary=f"{share:.0%} of the pictures are dominated by {hue}.",
-            why="If one palette runs through every picture, the LoRA will push everything towards it — fine if "
-            "that palette is part of what you want to teach, a problem if it isn't.",
-        )
-    )
-    level, light, share = _spread([f.lighting for f in items])
-    found.append(
-        Finding(
-            aspect="lighting",
-            level=level,
-            summary=f"{share:.0%} of the pictures are {light}.",
-            why="Pictures all in one light teach that light along with everything else; a mix of darker and "
-            "brighter pictures keeps the LoRA flexible.",
-        )
-    )
-    level, place, share = _spread([f.placement for f in items])
-    found.append(
-        Finding(
-            aspect="composition",
-            level=level,
-            summary=f"In {share:.0%} of the pictures the main detail sits {place}.",
-            why="If the subject always sits in the same spot, generated images will put it there too.",
-        )
-    )
+    for aspect, values, summary, why in (
+        ("colour", [f.hue for f in items], "{share:.0%} of the pictures are dominated by {value}.",
+         "If one palette runs through every picture, the LoRA will push everything towards it — fine if that "
+         "palette is part of what you want to teach, a problem if it isn't."),
+        ("lighting", [f.lighting for f in items], "{share:.0%} of the pictures are {value}.",
+         "Pictures all in one light teach that light along with everything else; a mix of darker and brighter "
+         "pictures keeps the LoRA flexible."),
+        ("composition", [f.placement for f in items], "In {share:.0%} of the pictures the main detail sits {value}.",
+         "If the subject always sits in the same spot, generated images will put it there too."),
+    ):  # fmt: skip
+        level, value, share = _spread(values)
+        found.append(Finding(aspect=aspect, level=level, summary=summary.format(share=share, value=value), why=why))
     return found
 
 
