@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from core import intent as intents
+from core.chat import chat
 from core.dataset.audit import audit_folder
 from core.dataset.curate import curate
 from core.dataset.duplicates import find_duplicates
@@ -110,6 +112,20 @@ async def cmd_report(settings: Settings, args: argparse.Namespace) -> None:
     print(f"Report: {path}")
 
 
+async def cmd_chat(settings: Settings, args: argparse.Namespace) -> None:
+    user = args.user or getpass.getuser()
+    print("loratrain chat — type a number to pick an option, paths to add pictures, 'quit' to leave.")
+    await chat(settings, args.session or f"terminal-{user}", user, _input_lines(), print)
+
+
+def _input_lines() -> Iterator[str]:
+    while True:
+        try:
+            yield input("> ")
+        except EOFError:
+            return
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
     from core.demo import run_demo
 
@@ -161,6 +177,11 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write dataset-report.md and decide Gate 1")
     p.add_argument("name", help="project name")
     p.set_defaults(run=cmd_report)
+
+    p = sub.add_parser("chat", help="talk to the Training Specialist in this terminal (no Discord needed)")
+    p.add_argument("--session", help="conversation to resume (default: terminal-USER)")
+    p.add_argument("--user", help="your name (default: your login name)")
+    p.set_defaults(run=cmd_chat)
 
     p = sub.add_parser("demo", help="run the dataset phase on generated sample pictures")
     p.set_defaults(run=cmd_demo)

@@ -54,6 +54,11 @@ def write_atomic(path: Path, text: str) -> None:
     _atomically(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``."""
+    _atomically(path, lambda f: f.write(data))
+
+
 def copy_atomic(source: Path, path: Path) -> None:
     """Copy ``source`` to ``path``."""
     with source.open("rb") as src:

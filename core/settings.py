@@ -31,6 +31,13 @@ class Settings(BaseSettings):
     workers: int = Field(
         max(1, os.cpu_count() or 1), ge=1, description="Processes used for auditing and hashing images."
     )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the job queues and the event stream.")
+    quick_queue: str = Field("loratrain:quick", description="arq queue for quick jobs (checks, reports).")
+    gpu_queue: str = Field("loratrain:gpu", description="arq queue for GPU jobs (dry run, training, grids).")
+    events_stream: str = Field("loratrain:events", description="Redis stream the worker publishes events to.")
+    events_maxlen: int = Field(10_000, gt=0, description="About how many events the stream keeps.")
+    quick_job_timeout: int = Field(600, gt=0, description="Seconds a quick job may run before it is failed.")
+    discord_guild: int | None = Field(None, description="Discord server id to register /train in at once.")
     discord_token: SecretStr | None = Field(None, description="Discord bot token (only the bot needs it).")
     anthropic_api_key: SecretStr | None = Field(None, description="Anthropic API key for Claude (optional).")
 

@@ -50,6 +50,34 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (project, gate)
     );
     """,
+    # 3: conversations (one per Discord thread or terminal), the choices they offered, and the bot's
+    # relay bookkeeping, so a restart resumes mid-conversation and never posts an event twice.
+    """
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        project TEXT,
+        phase TEXT NOT NULL,
+        data TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE choices (
+        session TEXT NOT NULL,
+        ref TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (session, ref)
+    );
+    CREATE TABLE relayed_events (event_id TEXT PRIMARY KEY, relayed_at TEXT NOT NULL);
+    CREATE TABLE stream_cursors (stream TEXT PRIMARY KEY, last_id TEXT NOT NULL);
+    CREATE TABLE posted_messages (
+        session TEXT NOT NULL,
+        key TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        PRIMARY KEY (session, key)
+    );
+    """,
 ]
 
 Keep = Literal["a", "b", "both"]
@@ -149,6 +177,85 @@ class Store:
         if not row:
             return None
         return {"passed": bool(row[0]), "fingerprint": row[1], "details": json.loads(row[2]), "decided_at": row[3]}
+
+    # Sessions and the choices they offered ------------------------------------------------------
+
+    async def session(self, session_id: str) -> dict | None:
+        row = await (
+            await self.db.execute("SELECT owner, project, phase, data FROM sessions WHERE id = ?", (session_id,))
+        ).fetchone()
+        if not row:
+            return None
+        return {"id": session_id, "owner": row[0], "project": row[1], "phase": row[2], "data": json.loads(row[3])}
+
+    async def save_session(self, session_id: str, owner: str, project: str | None, phase: str, data: dict) -> None:
+        now = _now()
+        await self.db.execute(
+            "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET project = "
+            "excluded.project, phase = excluded.phase, data = excluded.data, updated_at = excluded.updated_at",
+            (session_id, owner, project, phase, json.dumps(data), now, now),
+        )
+        await self.db.commit()
+
+    async def sessions_of(self, owner: str) -> list[dict]:
+        rows = await (
+            await self.db.execute("SELECT id FROM sessions WHERE owner = ? ORDER BY updated_at DESC", (owner,))
+        ).fetchall()
+        return [await self.session(r[0]) for r in rows]
+
+    async def offer_choice(self, session_id: str, ref: str, payload: dict) -> None:
+        await self.db.execute(
+            "INSERT OR REPLACE INTO choices VALUES (?, ?, ?, ?)", (session_id, ref, json.dumps(payload), _now())
+        )
+        await self.db.commit()
+
+    async def take_choice(self, session_id: str, ref: str) -> dict | None:
+        """The payload of an offered choice, removed so that a second press does nothing."""
+        row = await (
+            await self.db.execute("SELECT payload FROM choices WHERE session = ? AND ref = ?", (session_id, ref))
+        ).fetchone()
+        if not row:
+            return None
+        await self.db.execute("DELETE FROM choices WHERE session = ? AND ref = ?", (session_id, ref))
+        await self.db.commit()
+        return json.loads(row[0])
+
+    async def open_choices(self, session_id: str, prefix: str = "") -> list[str]:
+        rows = await (
+            await self.db.execute(
+                "SELECT ref FROM choices WHERE session = ? AND ref LIKE ? ORDER BY created_at, ref",
+                (session_id, prefix + "%"),
+            )
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    # The bot's relay of worker events -----------------------------------------------------------
+
+    async def mark_relayed(self, event_id: str) -> bool:
+        """Remember an event as posted; False when it already was (so it is not posted twice)."""
+        cursor = await self.db.execute("INSERT OR IGNORE INTO relayed_events VALUES (?, ?)", (event_id, _now()))
+        await self.db.commit()
+        return cursor.rowcount == 1
+
+    async def stream_cursor(self, stream: str) -> str:
+        row = await (await self.db.execute("SELECT last_id FROM stream_cursors WHERE stream = ?", (stream,))).fetchone()
+        return row[0] if row else "0-0"
+
+    async def save_stream_cursor(self, stream: str, last_id: str) -> None:
+        await self.db.execute("INSERT OR REPLACE INTO stream_cursors VALUES (?, ?)", (stream, last_id))
+        await self.db.commit()
+
+    async def posted_message(self, session_id: str, key: str) -> str | None:
+        row = await (
+            await self.db.execute(
+                "SELECT message_id FROM posted_messages WHERE session = ? AND key = ?", (session_id, key)
+            )
+        ).fetchone()
+        return row[0] if row else None
+
+    async def save_posted_message(self, session_id: str, key: str, message_id: str) -> None:
+        await self.db.execute("INSERT OR REPLACE INTO posted_messages VALUES (?, ?, ?)", (session_id, key, message_id))
+        await self.db.commit()
 
 
 @asynccontextmanager

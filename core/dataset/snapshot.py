@@ -78,20 +78,24 @@ async def take(project: Project, intent: Intent, settings: Settings, store: Stor
 
 
 async def resolve(snapshot: Snapshot, store: Store, a: str, b: str, keep: Keep) -> str:
-    """Record the artist's choice for a duplicate pair; the picture not kept (and its caption) moves
-    to ``excluded/`` — set aside, never deleted. Returns a plain sentence saying what happened."""
+    """Record the artist's choice for a duplicate pair of this snapshot (see ``set_aside``)."""
     pair = next((p for p in snapshot.duplicates.pairs if {p.a, p.b} == {a, b}), None)
     if pair is None:
         raise UserError(
             f"{a} and {b} are not a duplicate pair in this project; "
             f"'loratrain dupes {snapshot.project.dataset_dir}' lists the pairs."
         )
-    ins_a, ins_b = snapshot.inspections[a], snapshot.inspections[b]
-    await store.decide_duplicate(snapshot.project.name, ins_a.sha256, ins_b.sha256, keep)
+    sha_a, sha_b = snapshot.inspections[a].sha256, snapshot.inspections[b].sha256
+    return await set_aside(snapshot.project, store, (a, sha_a), (b, sha_b), keep)
+
+
+async def set_aside(project: Project, store: Store, a: tuple[str, str], b: tuple[str, str], keep: Keep) -> str:
+    """Record the artist's choice for a duplicate pair, given as (file, sha256) each; the picture not
+    kept (and its caption) moves to ``excluded/`` — set aside, never deleted. Returns a plain sentence."""
+    await store.decide_duplicate(project.name, a[1], b[1], keep)
     if keep == "both":
-        return f"Keeping both {a} and {b}."
-    kept, dropped = (a, b) if keep == "a" else (b, a)
-    project = snapshot.project
+        return f"Keeping both {a[0]} and {b[0]}."
+    kept, dropped = (a[0], b[0]) if keep == "a" else (b[0], a[0])
     project.excluded_dir.mkdir(parents=True, exist_ok=True)
     for source in (project.dataset_dir / dropped, caption_path(project.dataset_dir / dropped)):
         if source.exists():

@@ -1,0 +1,395 @@
+"""The Training Specialist's workflow for one project, transport-neutral.
+
+Input: what the artist did — ``Say`` (a message), ``Upload`` (files staged in the inbox), ``Decide``
+(a button: an offered choice and the option picked). Output: an ``Outcome`` — replies to show (text,
+a choice with options, an image, a file, a progress update) and jobs to run. The Discord bot and the
+terminal chat only translate; every decision is made here, and every state change is in SQLite, so a
+restart resumes where the conversation stood.
+
+Phases follow the seed (``PHASES``); this release carries the project from the intent interview
+(phase 1) through audit, duplicates, curation and the Gate 1 report. Captions come next.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+
+from core import intent as intents
+from core.dataset.snapshot import set_aside
+from core.errors import UserError
+from core.events import DatasetChecked, Event, JobFailed, JobProgress, JobStarted
+from core.families import FAMILIES, Family
+from core.grimoire import Project
+from core.intent import CONTENT_STYLE_NOTES, DATASET_TARGETS, LoraType
+from core.jobs import Job, job_id
+from core.names import check_project_name, check_trigger_word, suggest_trigger_word
+from core.settings import Settings
+from core.store import Store
+from core.studio import studio_models
+
+PHASES = (
+    "intent", "audit", "duplicates", "captions", "curation", "dataset report", "config", "environment",
+    "dry run", "training", "evaluation", "diagnosis", "registration",
+)  # fmt: skip
+CHOICE_REF = re.compile(r"[a-z]+(:[0-9a-f]{1,16})?")  # what a button may carry: short, and safe in a custom id
+
+
+# What the artist did ---------------------------------------------------------------------------
+
+
+class Say(BaseModel):
+    kind: Literal["say"] = "say"
+    text: str
+
+
+class Upload(BaseModel):
+    kind: Literal["upload"] = "upload"
+    staged: list[Path]  # files already in the inbox (``core.uploads.stage_upload``)
+    refused: list[str] = []  # plain sentences for files refused at the door
+
+
+class Decide(BaseModel):
+    kind: Literal["decide"] = "decide"
+    ref: str  # which offered choice
+    value: str  # which option
+
+
+# What to show ----------------------------------------------------------------------------------
+
+
+class Text(BaseModel):
+    kind: Literal["text"] = "text"
+    text: str
+    private: bool = False  # only the person who acted should see it
+
+
+class Option(BaseModel):
+    value: str
+    label: str
+
+
+class Choice(BaseModel):
+    kind: Literal["choice"] = "choice"
+    ref: str
+    prompt: str
+    options: list[Option]
+
+
+class Picture(BaseModel):
+    kind: Literal["image"] = "image"
+    path: str
+    caption: str
+
+
+class Attachment(BaseModel):
+    kind: Literal["file"] = "file"
+    path: str
+    caption: str
+
+
+class Progress(BaseModel):
+    kind: Literal["progress"] = "progress"
+    key: str  # one message per key, edited in place
+    text: str
+    done: int
+    total: int
+
+
+Reply = Text | Choice | Picture | Attachment | Progress
+
+
+class Outcome(BaseModel):
+    replies: list[Reply] = []
+    jobs: list[Job] = []
+
+
+# The conversation --------------------------------------------------------------------------------
+
+TYPE_TEXT = {
+    LoraType.character: "**A character** — one specific person or creature: face, body, outfit.",
+    LoraType.style: "**A style** — how you paint: brushwork, colour palette, lighting, composition.",
+    LoraType.object: "**An object or concept** — a specific thing, like a logo or a prop.",
+}
+DUPLICATES_HURT = (
+    "Training on duplicates makes the model memorise those exact pictures instead of learning what they "
+    "share, so let's keep one of each (resources/dataset/curation-guide.md)."
+)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:20] or "artist"
+
+
+class Engine:
+    def __init__(self, settings: Settings, store: Store):
+        self.settings, self.store = settings, store
+
+    # Entry points ------------------------------------------------------------------------------
+
+    async def start(self, session: str, owner: str, owner_name: str) -> Outcome:
+        """``/train`` (or ``loratrain chat``): begin a project, or say where an existing one stands."""
+        state = await self.store.session(session)
+        if state is None:
+            await self.store.save_session(session, owner, None, "intent", {"step": "type", "owner_name": owner_name})
+            return Outcome(replies=[self._ask_type(session, owner_name)])
+        return Outcome(replies=[Text(text="Welcome back! " + await self._where_we_are(state))])
+
+    async def handle(self, session: str, actor: str, action: Say | Upload | Decide) -> Outcome:
+        state = await self.store.session(session)
+        if state is None:
+            return Outcome(
+                replies=[Text(text="There is no training session here. Type /train to start one.", private=True)]
+            )
+        if actor != state["owner"]:
+            return Outcome(
+                replies=[Text(text="This isn't your session — type /train to start your own.", private=True)]
+            )
+        try:
+            if isinstance(action, Decide):
+                return await self._decide(state, action)
+            if isinstance(action, Upload):
+                return await self._upload(state, action)
+            return await self._say(state, action.text.strip())
+        except UserError as err:
+            return Outcome(replies=[Text(text=str(err))])
+
+    async def on_event(self, event: Event) -> Outcome:
+        """A worker's event, turned into what the artist should see."""
+        state = await self.store.session(event.session)
+        if state is None:
+            return Outcome()
+        if isinstance(event, JobStarted):
+            return Outcome(replies=[Progress(key=event.job, text=event.text, done=0, total=3)])
+        if isinstance(event, JobProgress):
+            return Outcome(replies=[Progress(key=event.job, text=event.text, done=event.done, total=event.total)])
+        if isinstance(event, JobFailed):
+            return Outcome(replies=[Text(text=event.message)])
+        return await self._checked(state, event)
+
+    # Phase 1: the intent interview -------------------------------------------------------------
+
+    def _ask_type(self, session: str, name: str) -> Choice:
+        return Choice(
+            ref="type",
+            prompt=f"Hi {name}! I'll help you teach an image model something new. First: what do you want it "
+            "to learn?\n" + "\n".join(f"- {t}" for t in TYPE_TEXT.values()),
+            options=[Option(value=t.value, label=t.value.capitalize()) for t in TYPE_TEXT],
+        )
+
+    async def _decide(self, state: dict, action: Decide) -> Outcome:
+        if not CHOICE_REF.fullmatch(action.ref):
+            return Outcome(replies=[Text(text="That button isn't one of mine.", private=True)])
+        if action.ref.startswith("dup:"):
+            return await self._decide_duplicate(state, action)
+        step = state["data"].get("step") if state["phase"] == "intent" else None
+        if action.ref != step:
+            return Outcome(replies=[Text(text="That question has already been answered.", private=True)])
+        if step == "description" and action.value == "skip":
+            return await self._answer(state, "")
+        return await self._answer(state, action.value)
+
+    async def _say(self, state: dict, text: str) -> Outcome:
+        if state["phase"] == "intent":
+            if state["data"]["step"] in ("description", "trigger", "model", "type"):
+                return await self._answer(state, text)
+        if text.lower() in ("status", "where are we", "?"):
+            return Outcome(replies=[Text(text=await self._where_we_are(state))])
+        if text.lower() in ("check", "report", "recheck") and state["project"]:
+            return self._check(state, staged=[])
+        if state["phase"] == "collect":
+            return Outcome(
+                replies=[
+                    Text(
+                        text="Send me your pictures right here (drag and drop; several at a "
+                        "time is fine). Type **check** to check everything again, or "
+                        "**status** to see where we are."
+                    )
+                ]
+            )
+        return Outcome(replies=[Text(text=await self._where_we_are(state))])
+
+    async def _answer(self, state: dict, value: str) -> Outcome:
+        data, step = state["data"], state["data"]["step"]
+        session = state["id"]
+        if step == "type":
+            kind = next((t for t in LoraType if value.lower().startswith(t.value[:4])), None)
+            if kind is None:
+                return Outcome(replies=[self._ask_type(session, data["owner_name"])])
+            data.update(type=kind.value, step="model")
+            await self._save(state)
+            target = DATASET_TARGETS[kind]
+            models = studio_models(self.settings.grimoire)
+            return Outcome(replies=[
+                Text(text=f"A {kind} LoRA, then. For a {kind}, {target} work best: {target.why} "
+                          "(resources/dataset/dataset-sizes.md)."),
+                Text(text=f"One thing to know now, because it's the most common reason LoRAs fail: "
+                          f"{CONTENT_STYLE_NOTES[kind]} (resources/dataset/content-style.md)"),
+                Choice(ref="model", prompt="Which base model do you use?",
+                       options=[Option(value=family.value, label=name) for name, family in models]),
+            ])  # fmt: skip
+        if step == "model":
+            family = next((f for f in Family if value.lower() in (f.value, FAMILIES[f].display.lower())), None)
+            if family is None:
+                names = ", ".join(f"{FAMILIES[f].display} ({f.value})" for f in Family)
+                return Outcome(replies=[Text(text=f"I know these base models: {names}. Which one?")])
+            data.update(family=family.value, step="description")
+            await self._save(state)
+            return Outcome(replies=[
+                Choice(ref="description", prompt="In a sentence, what are you training? (Type it, or skip.)",
+                       options=[Option(value="skip", label="Skip")]),
+            ])  # fmt: skip
+        if step == "description":
+            data.update(description=value, step="trigger")
+            await self._save(state)
+            suggestion = self._suggest_trigger(data)
+            return Outcome(replies=[
+                Choice(ref="trigger", prompt=f"Last question: the trigger word, the word that switches your LoRA "
+                       f"on in a prompt. It should be a made-up word the model doesn't know yet. I suggest "
+                       f"`{suggestion}` — press the button, or type your own.",
+                       options=[Option(value=suggestion, label=f"Use {suggestion}")]),
+            ])  # fmt: skip
+        trigger = check_trigger_word(value.strip().lower())
+        return await self._create_project(state, trigger)
+
+    def _suggest_trigger(self, data: dict) -> str:
+        suffix = {"style": "style", "character": "char", "object": "obj"}[data["type"]]
+        return suggest_trigger_word(f"{_slug(data['owner_name']).replace('-', '')}{suffix}")
+
+    async def _create_project(self, state: dict, trigger: str) -> Outcome:
+        data = state["data"]
+        name = self._free_project_name(f"{_slug(data['owner_name'])}-{data['type']}")
+        project = Project.at(self.settings, name)
+        intent = intents.create(
+            project, LoraType(data["type"]), Family(data["family"]), trigger, data.get("description", "")
+        )
+        waiting = data.pop("waiting_uploads", [])
+        data.update(step="done")
+        state.update(project=name, phase="collect")
+        await self._save(state)
+        replies: list[Reply] = [
+            Text(text=f"Your project **{name}** is set up: a {intent.type} LoRA for "
+                      f"{FAMILIES[intent.family].display}, trigger word `{trigger}`. I've written it down in "
+                      f"`{project.path('intent.md').relative_to(self.settings.grimoire.resolve())}`."),
+            Text(text="Now send me your pictures right here (drag and drop; several at a time is fine). I'll "
+                      "check each batch as it arrives."),
+        ]  # fmt: skip
+        outcome = Outcome(replies=replies)
+        if waiting:
+            outcome.jobs += self._check(state, [Path(p) for p in waiting]).jobs
+        return outcome
+
+    def _free_project_name(self, base: str) -> str:
+        base = check_project_name(base[:40])
+        n = 1
+        while (self.settings.training_root / (name := f"{base}-{n}")).exists():
+            n += 1
+        return name
+
+    # Phases 2, 3, 5, 6: the dataset -------------------------------------------------------------
+
+    async def _upload(self, state: dict, action: Upload) -> Outcome:
+        replies: list[Reply] = []
+        if action.refused:
+            replies.append(Text(text="I couldn't take these:\n" + "\n".join(f"- ❌ {r}" for r in action.refused)))
+        if not action.staged:
+            return Outcome(replies=replies)
+        if not state["project"]:  # pictures before the questions are done: keep them for later
+            state["data"].setdefault("waiting_uploads", []).extend(str(p) for p in action.staged)
+            await self._save(state)
+            replies.append(
+                Text(
+                    text=f"Got {len(action.staged)} file(s) — I'll check them as soon as we've finished the questions."
+                )
+            )
+            return Outcome(replies=replies)
+        outcome = self._check(state, action.staged)
+        replies.append(Text(text=f"Got {len(action.staged)} file(s) — checking them now."))
+        return Outcome(replies=replies, jobs=outcome.jobs)
+
+    def _check(self, state: dict, staged: list[Path]) -> Outcome:
+        revision = state["data"].get("revision", 0)
+        staged_names = sorted(str(p) for p in staged)
+        job = Job(
+            name="dataset_check",
+            id=job_id("dataset_check", state["project"], staged_names, revision),
+            session=state["id"],
+            project=state["project"],
+            args={"staged": staged_names},
+        )
+        return Outcome(jobs=[job])
+
+    async def _checked(self, state: dict, event: DatasetChecked) -> Outcome:
+        replies: list[Reply] = []
+        if event.imported:
+            replies.append(Text(text="\n".join(event.imported)))
+        replies.append(Text(text="\n".join(event.audit)))
+        if event.pairs:
+            if not state["data"].get("explained_duplicates"):
+                replies.append(Text(text=DUPLICATES_HURT))
+                state["data"]["explained_duplicates"] = True
+            for pair in event.pairs:
+                ref = f"dup:{pair.sha_a[:8]}{pair.sha_b[:8]}"
+                await self.store.offer_choice(state["id"], ref, pair.model_dump())
+                what = "identical copies" if pair.kind == "exact" else "the same picture, altered"
+                replies.append(Picture(path=pair.picture, caption=f"Left: `{pair.a}` · Right: `{pair.b}` — {what}."))
+                replies.append(Choice(ref=ref, prompt="Which should I keep?", options=[
+                    Option(value="a", label="Keep left"), Option(value="b", label="Keep right"),
+                    Option(value="both", label="Keep both")]))  # fmt: skip
+            state["phase"] = "duplicates"
+        else:
+            replies += self._gate_summary(event)
+            state["phase"] = "collect"
+        await self._save(state)
+        return Outcome(replies=replies)
+
+    def _gate_summary(self, event: DatasetChecked) -> list[Reply]:
+        if event.gate_passed:
+            head = f"**Gate 1 (dataset): GO** — {event.usable} pictures, captioned and checked."
+        else:
+            head = "**Gate 1 (dataset): NO-GO** — " + "; ".join(event.gate_reasons) + "."
+            head += "\n" + "\n".join(f"{i}. {fix}" for i, fix in enumerate(event.gate_fixes, 1))
+        return [Text(text=head), Attachment(path=event.report, caption="The full dataset report.")]
+
+    async def _decide_duplicate(self, state: dict, action: Decide) -> Outcome:
+        pair = await self.store.take_choice(state["id"], action.ref)
+        if pair is None:
+            return Outcome(replies=[Text(text="You've already decided about that pair.", private=True)])
+        if action.value not in ("a", "b", "both"):
+            await self.store.offer_choice(state["id"], action.ref, pair)
+            return Outcome(replies=[Text(text="Please choose left, right or both.", private=True)])
+        project = Project.existing(self.settings, state["project"])
+        said = await set_aside(
+            project, self.store, (pair["a"], pair["sha_a"]), (pair["b"], pair["sha_b"]), action.value
+        )  # type: ignore[arg-type]
+        said = said.replace(pair["a"], f"`{pair['a']}`").replace(pair["b"], f"`{pair['b']}`")
+        outcome = Outcome(replies=[Text(text=said)])
+        if not await self.store.open_choices(state["id"], "dup:"):
+            state["data"]["revision"] = state["data"].get("revision", 0) + 1
+            state["phase"] = "collect"
+            await self._save(state)
+            outcome.replies.append(Text(text="All duplicates decided — updating the dataset report."))
+            outcome.jobs = self._check(state, []).jobs
+        return outcome
+
+    # Bookkeeping --------------------------------------------------------------------------------
+
+    async def _save(self, state: dict) -> None:
+        await self.store.save_session(state["id"], state["owner"], state["project"], state["phase"], state["data"])
+
+    async def _where_we_are(self, state: dict) -> str:
+        if state["phase"] == "intent":
+            return "We're in the first step: what you want to teach the model. Answer the question above to go on."
+        pending = await self.store.open_choices(state["id"], "dup:")
+        if pending:
+            return (
+                f"Welcome back! Project **{state['project']}**: {len(pending)} duplicate pair(s) are waiting "
+                "for your choice (the buttons above)."
+            )
+        return (
+            f"Welcome back! Project **{state['project']}**: send more pictures, or type **check** to check "
+            "everything again. Next step after the dataset: captions."
+        )

@@ -1,0 +1,99 @@
+"""What the worker tells the rest of the system: typed events on a bounded Redis stream.
+
+A worker never talks to Discord. It publishes events; the bot (or the terminal chat) turns them into
+replies through the engine. Each event has a stable ``id`` (the job id and the event's step), so a
+job that runs twice publishes the same ids and the relay can post each event once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, TypeAdapter
+from redis.asyncio import Redis
+
+
+class _Event(BaseModel):
+    id: str
+    session: str
+    project: str
+
+
+class JobStarted(_Event):
+    kind: Literal["job_started"] = "job_started"
+    job: str
+    text: str
+
+
+class JobProgress(_Event):
+    kind: Literal["job_progress"] = "job_progress"
+    job: str
+    text: str
+    done: int
+    total: int
+
+
+class JobFailed(_Event):
+    kind: Literal["job_failed"] = "job_failed"
+    job: str
+    message: str  # plain words for the artist
+
+
+class PairToDecide(BaseModel):
+    a: str
+    b: str
+    sha_a: str
+    sha_b: str
+    kind: str
+    picture: str  # path of the side-by-side image, inside the project folder
+
+
+class DatasetChecked(_Event):
+    """The result of checking a project's dataset: imports, audit, duplicates and Gate 1."""
+
+    kind: Literal["dataset_checked"] = "dataset_checked"
+    imported: list[str]  # one plain line per file that came in (added, skipped or refused)
+    audit: list[str]  # the audit in plain words
+    pairs: list[PairToDecide]  # duplicate pairs waiting for the artist
+    gate_passed: bool
+    gate_reasons: list[str]
+    gate_fixes: list[str]
+    report: str  # path of dataset-report.md
+    usable: int
+
+
+Event = Annotated[JobStarted | JobProgress | JobFailed | DatasetChecked, Field(discriminator="kind")]
+EVENT = TypeAdapter(Event)
+Publish = Callable[[Event], Awaitable[None]]
+
+
+class MemorySink:
+    """Events kept in a list: embedded mode and tests."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    async def publish(self, event: Event) -> None:
+        self.events.append(event)
+
+
+class RedisStream:
+    """Events on one Redis stream, trimmed to about ``maxlen`` entries so it never grows unbounded."""
+
+    def __init__(self, redis: Redis, name: str, maxlen: int = 10_000):
+        self.redis, self.name, self.maxlen = redis, name, maxlen
+
+    async def publish(self, event: Event) -> None:
+        await self.redis.xadd(self.name, {"event": event.model_dump_json()}, maxlen=self.maxlen, approximate=True)
+
+    async def read(self, after: str, block_ms: int = 5000, count: int = 100) -> list[tuple[str, Event]]:
+        """Events after stream id ``after`` (waiting up to ``block_ms`` for one), oldest first."""
+        found = await self.redis.xread({self.name: after}, count=count, block=block_ms)
+        out = []
+        for _, entries in found or []:
+            for entry_id, fields in entries:
+                raw = fields[b"event"] if b"event" in fields else fields["event"]
+                key = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                out.append((key, EVENT.validate_json(raw)))
+        return out

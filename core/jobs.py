@@ -1,0 +1,120 @@
+"""The work the engine asks for, as plain async functions of plain ids and paths.
+
+The arq worker runs them (``worker/``); embedded mode runs them in-process (``InProcessRunner``).
+Each is idempotent: importing a file twice skips it as an exact copy, the report is rewritten from
+what is on disk, and events carry ids derived from the job id, so a second run does no harm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from core import intent as intents
+from core.dataset.curate import curate
+from core.dataset.explain import audit_lines
+from core.dataset.importer import import_paths
+from core.dataset.report import write_report
+from core.dataset.sidebyside import side_by_side
+from core.dataset.snapshot import take
+from core.errors import UserError
+from core.events import DatasetChecked, JobFailed, JobProgress, JobStarted, PairToDecide, Publish
+from core.grimoire import Project, inside
+from core.settings import Settings
+from core.store import open_store
+
+
+class Job(BaseModel):
+    """A job the engine wants run: its function's name, a stable id, and plain arguments."""
+
+    name: str
+    id: str
+    session: str
+    project: str
+    args: dict = {}
+
+
+def job_id(name: str, project: str, *inputs: object) -> str:
+    """Same job, same inputs → same id (so a queue runs it once); any new input → a new id."""
+    digest = hashlib.sha256(repr(inputs).encode()).hexdigest()[:16]
+    return f"{name}:{project}:{digest}"
+
+
+def inbox(settings: Settings, session: str) -> Path:
+    """Where adapters put an artist's uploads before the worker checks and imports them."""
+    return settings.grimoire / "inbox" / session
+
+
+async def dataset_check(settings: Settings, job: Job, publish: Publish) -> DatasetChecked:
+    """Import any uploads waiting in the inbox, audit the dataset, find duplicates, write the Gate 1
+    report, and publish the findings."""
+    project = Project.existing(settings, job.project)
+    intent = intents.load(project)
+    common = {"session": job.session, "project": job.project, "job": job.name}
+    staged = [inside(settings.grimoire, Path(p)) for p in job.args.get("staged", [])]
+    staged = [p for p in staged if p.is_file()]  # a re-run finds them imported and gone
+    await publish(JobStarted(id=f"{job.id}:started", text=f"Checking your pictures ({len(staged)} new)…", **common))
+    async with open_store(settings.database_path) as store:
+        results = []
+        if staged:
+            await publish(JobProgress(id=f"{job.id}:import", text="Importing", done=0, total=3, **common))
+            results = await import_paths(project, staged, settings, store, intent.resolution)
+        await publish(JobProgress(id=f"{job.id}:audit", text="Checking every picture", done=1, total=3, **common))
+        snapshot = await take(project, intent, settings, store)
+        await publish(JobProgress(id=f"{job.id}:report", text="Writing the report", done=2, total=3, **common))
+        gate, report = await write_report(snapshot, curate(snapshot), store)
+    pairs = []
+    for pair in snapshot.unresolved:
+        sha_a, sha_b = snapshot.inspections[pair.a].sha256, snapshot.inspections[pair.b].sha256
+        picture = project.root / "review" / f"pair-{sha_a[:12]}-{sha_b[:12]}.jpg"
+        side_by_side(project.dataset_dir / pair.a, project.dataset_dir / pair.b, picture, ("Left", "Right"))
+        pairs.append(PairToDecide(a=pair.a, b=pair.b, sha_a=sha_a, sha_b=sha_b, kind=pair.kind, picture=str(picture)))
+    for path in staged:
+        path.unlink(missing_ok=True)
+    added = sum(r.status == "added" for r in results)
+    imported = [f"Added {added} of {len(results)} file(s)."] if results else []
+    imported += [f"{r.original}: {r.message}" for r in results if r.status != "added"]
+    event = DatasetChecked(
+        id=f"{job.id}:checked",
+        session=job.session,
+        project=job.project,
+        imported=imported,
+        audit=audit_lines(snapshot.audit, intent.resolution),
+        pairs=pairs,
+        gate_passed=gate.passed,
+        gate_reasons=gate.reasons,
+        gate_fixes=gate.fixes,
+        report=report,
+        usable=len(snapshot.usable),
+    )
+    await publish(event)
+    return event
+
+
+JOBS = {"dataset_check": dataset_check}
+FAILED = "Something went wrong while {what}. Your pictures and decisions are safe; please try again in a moment."
+
+
+async def run_job(settings: Settings, job: Job, publish: Publish, last_try: bool = True) -> None:
+    """Run a job by name. A problem the artist can fix, or the last try of any other failure, is
+    published as a plain ``JobFailed``; other failures are raised so the queue can retry."""
+    try:
+        await JOBS[job.name](settings, job, publish)
+    except UserError as err:
+        await publish(
+            JobFailed(id=f"{job.id}:failed", session=job.session, project=job.project, job=job.name, message=str(err))
+        )
+    except Exception:
+        if last_try:
+            await publish(
+                JobFailed(
+                    id=f"{job.id}:failed",
+                    session=job.session,
+                    project=job.project,
+                    job=job.name,
+                    message=FAILED.format(what="checking your pictures"),
+                )
+            )
+        raise

@@ -1,0 +1,30 @@
+"""Reading ``grimoire/studio.md``: the base models the artist has (for suggestions)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from core.families import FAMILIES, Family
+
+_MODEL_LINE = re.compile(r"^- \*\*(?P<name>.+?)\*\* \((?P<family>\w+)\)", re.MULTILINE)
+
+
+def _section(text: str, heading: str) -> str:
+    """The text under ``## heading`` up to the next ``## ``, with HTML comments (the template's
+    examples) removed."""
+    text = re.sub(r"<!--.*?-->", "", text, flags=re.DOTALL)
+    match = re.search(rf"^## {re.escape(heading)}\s*$(.*?)(?=^## |\Z)", text, flags=re.MULTILINE | re.DOTALL)
+    return match.group(1) if match else ""
+
+
+def studio_models(grimoire: Path) -> list[tuple[str, Family]]:
+    """(display name, family) of each model listed in studio.md; every known family when none is."""
+    path = grimoire / "studio.md"
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    found = [
+        (m["name"], Family(m["family"]))
+        for m in _MODEL_LINE.finditer(_section(text, "Models"))
+        if m["family"] in Family.__members__
+    ]
+    return found or [(info.display, family) for family, info in FAMILIES.items()]
