@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import importlib
 import json
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -126,6 +127,16 @@ def _input_lines() -> Iterator[str]:
             return
 
 
+def _adapter(module: str):
+    """A subcommand served by another process's adapter (``worker``, ``bot``): imported by name only
+    when it runs, so ``core`` never depends on arq or discord.py."""
+
+    def run(settings: Settings, args: argparse.Namespace):
+        return importlib.import_module(module).run(settings, args)
+
+    return run
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
     from core.demo import run_demo
 
@@ -182,6 +193,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--session", help="conversation to resume (default: terminal-USER)")
     p.add_argument("--user", help="your name (default: your login name)")
     p.set_defaults(run=cmd_chat)
+
+    p = sub.add_parser("worker", help="run an arq worker for the quick or the GPU queue")
+    p.add_argument("--queue", choices=["quick", "gpu"], default="quick", help="which queue to serve")
+    p.add_argument("--burst", action="store_true", help="stop when the queue is empty (for scripts and tests)")
+    p.set_defaults(run=_adapter("worker.main"))
+
+    p = sub.add_parser("bot", help="run the Discord bot (needs LORATRAIN_DISCORD_TOKEN)")
+    p.set_defaults(run=_adapter("bot.main"))
 
     p = sub.add_parser("demo", help="run the dataset phase on generated sample pictures")
     p.set_defaults(run=cmd_demo)
