@@ -27,6 +27,14 @@ def _files(paths: list[Path]) -> list[Path]:
     return found
 
 
+def _paths(text: str) -> list[Path]:
+    """The paths in a line: the whole line (after an optional 'add') if it names one, since folder
+    names often have spaces; else each word."""
+    rest = text[4:].strip() if text.lower().startswith("add ") else text
+    whole = Path(rest).expanduser()
+    return [whole] if whole.exists() else [Path(w).expanduser() for w in rest.split()]
+
+
 async def chat(settings: Settings, session: str, user: str, lines: Iterator[str], out: Callable[[str], None]) -> None:
     options: dict[str, tuple[str, str]] = {}  # number typed → (choice ref, option value)
     numbers = itertools.count(1)
@@ -58,8 +66,7 @@ async def chat(settings: Settings, session: str, user: str, lines: Iterator[str]
                 break
             if not text:
                 continue
-            words = text.split()
-            paths = [Path(w).expanduser() for w in (words[1:] if words[0].lower() == "add" else words)]
+            paths = _paths(text)
             if text in options:
                 ref, value = options.pop(text)
                 action: Say | Upload | Decide = Decide(ref=ref, value=value)

@@ -1,0 +1,214 @@
+"""The engine: a whole dataset-phase conversation, decisions included, without any transport."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.chat import chat
+from core.engine import Attachment, Choice, Decide, Engine, Picture, Progress, Say, Text, Upload
+from core.events import JobFailed
+from core.runner import InProcessRunner
+from core.samples import variant
+from core.store import open_store
+from core.uploads import stage_upload
+from tests.conftest import jpeg_bytes
+
+
+class Conversation:
+    """One artist talking to the engine, with jobs run in-process; keeps everything shown."""
+
+    def __init__(self, settings, store, session="t1", owner="u1"):
+        self.settings, self.session, self.owner = settings, session, owner
+        self.engine = Engine(settings, store)
+        self.shown = []
+        self.runner = InProcessRunner(settings, self.engine, self._show)
+
+    async def _show(self, reply):
+        self.shown.append(reply)
+
+    async def start(self):
+        await self.runner.deliver(await self.engine.start(self.session, self.owner, "Mira"))
+        return self.take()
+
+    async def act(self, action, actor=None):
+        await self.runner.deliver(await self.engine.handle(self.session, actor or self.owner, action))
+        return self.take()
+
+    def take(self):
+        shown, self.shown = self.shown, []
+        return shown
+
+    def upload(self, files: dict[str, bytes], upload_id="m1") -> Upload:
+        staged, refused = [], []
+        for name, data in files.items():
+            result = stage_upload(self.settings, self.session, upload_id, name, data)
+            (staged if isinstance(result, Path) else refused).append(result)
+        return Upload(staged=staged, refused=refused)
+
+
+def choices(replies):
+    return [r for r in replies if isinstance(r, Choice)]
+
+
+def text(replies):
+    return "\n".join(r.text for r in replies if isinstance(r, Text))
+
+
+async def interview(c: Conversation, kind="object", family="sd15"):
+    first = await c.start()
+    assert choices(first)[0].ref == "type"
+    assert [o.label for o in choices(first)[0].options] == ["Character", "Style", "Object"]
+    after_type = await c.act(Decide(ref="type", value=kind))
+    assert "resources/dataset/dataset-sizes.md" in text(after_type)
+    assert "most common reason" in text(after_type)  # the content-style problem, surfaced early
+    assert choices(after_type)[0].ref == "model"
+    after_model = await c.act(Decide(ref="model", value=family))
+    assert choices(after_model)[0].ref == "description"
+    after_description = await c.act(Say(text="My ceramic teapot, from every side"))
+    trigger = choices(after_description)[0]
+    assert trigger.ref == "trigger" and trigger.options[0].value == "miraobj"
+    return await c.act(Decide(ref="trigger", value=trigger.options[0].value))
+
+
+async def test_the_interview_writes_intent_md(settings):
+    async with open_store(settings.database_path) as store:
+        done = await interview(Conversation(settings, store))
+    intent = (settings.training_root / "mira-object-1" / "intent.md").read_text()
+    assert "- **Type**: object" in intent and "- **Trigger word**: miraobj" in intent
+    assert "- **Description**: My ceramic teapot, from every side" in intent
+    assert "send me your pictures" in text(done)
+
+
+async def test_a_bad_trigger_word_is_explained_and_asked_again(settings):
+    async with open_store(settings.database_path) as store:
+        c = Conversation(settings, store)
+        await c.start()
+        await c.act(Decide(ref="type", value="style"))
+        await c.act(Decide(ref="model", value="sdxl"))
+        await c.act(Decide(ref="description", value="skip"))
+        refused = await c.act(Say(text="two words"))
+        assert "can't be used" in text(refused)
+        done = await c.act(Say(text="my_word"))
+    assert "trigger word `my_word`" in text(done)
+
+
+async def test_the_whole_dataset_phase_with_a_duplicate_decision(settings, painting):
+    async with open_store(settings.database_path) as store:
+        c = Conversation(settings, store)
+        await interview(c)
+        files = {f"teapot {i}.jpg": jpeg_bytes(painting(i, (576, 512))) for i in range(10)}
+        files["teapot 3 flipped.jpg"] = jpeg_bytes(variant(painting(3, (576, 512)), "mirrored"))
+        files["notes.jpg"] = b"just some text"
+        checked = await c.act(c.upload(files))
+        assert "notes.jpg: this isn't a picture" in text(checked)
+        assert any(isinstance(r, Progress) for r in checked)
+        assert "Got 11 files. Here's what I found:" in text(checked)
+        assert "Training on duplicates makes the model memorise" in text(checked)
+        picture = next(r for r in checked if isinstance(r, Picture))
+        assert Path(picture.path).is_file() and "teapot-3-flipped.jpg" in picture.caption
+        pair = choices(checked)[-1]
+        assert [o.label for o in pair.options] == ["Keep left", "Keep right", "Keep both"]
+        assert not any(isinstance(r, Attachment) for r in checked)  # the report waits for the decision
+
+        decided = await c.act(Decide(ref=pair.ref, value="b"))
+        assert "`teapot-3-flipped.jpg` is set aside" in text(decided)
+        assert "Gate 1 (dataset): NO-GO" in text(decided) and "images are not captioned yet" in text(decided)
+        report = next(r for r in decided if isinstance(r, Attachment))
+        assert "- Duplicates found: 1 (removed: 1)" in Path(report.path).read_text()
+
+        again = await c.act(Decide(ref=pair.ref, value="a"))
+        assert again == [Text(text="You've already decided about that pair.", private=True)]
+    project = settings.training_root / "mira-object-1"
+    assert sorted(p.name for p in (project / "excluded").iterdir()) == ["teapot-3-flipped.jpg"]
+    assert len(list((project / "dataset").glob("*.jpg"))) == 10
+    assert not any((settings.grimoire / "inbox").rglob("*.jpg"))  # staged uploads were taken in
+
+
+async def test_pictures_sent_before_the_questions_are_done_are_kept_for_later(settings, painting):
+    async with open_store(settings.database_path) as store:
+        c = Conversation(settings, store)
+        await c.start()
+        early = await c.act(c.upload({"early.jpg": jpeg_bytes(painting(1))}))
+        assert "as soon as we've finished the questions" in text(early)
+        await c.act(Decide(ref="type", value="object"))
+        await c.act(Decide(ref="model", value="sd15"))
+        await c.act(Decide(ref="description", value="skip"))
+        done = await c.act(Decide(ref="trigger", value="miraobj"))
+    assert "Got 1 file. Here's what I found:" in text(done)
+    assert (settings.training_root / "mira-object-1" / "dataset" / "early.jpg").is_file()
+
+
+async def test_only_the_owner_can_act_and_stale_buttons_are_harmless(settings):
+    async with open_store(settings.database_path) as store:
+        c = Conversation(settings, store)
+        await c.start()
+        stranger = await c.act(Decide(ref="type", value="style"), actor="someone-else")
+        assert stranger == [Text(text="This isn't your session — type /train to start your own.", private=True)]
+        await c.act(Decide(ref="type", value="style"))
+        stale = await c.act(Decide(ref="type", value="object"))
+        assert stale == [Text(text="That question has already been answered.", private=True)]
+        forged = await c.act(Decide(ref="../../etc", value="x"))
+        assert forged[0].private
+
+
+async def test_the_conversation_survives_a_restart(settings):
+    async with open_store(settings.database_path) as store:
+        c = Conversation(settings, store)
+        await c.start()
+        await c.act(Decide(ref="type", value="character"))
+    async with open_store(settings.database_path) as store:  # a new process, the same database
+        c = Conversation(settings, store)
+        resumed = await c.start()
+        assert "Welcome back!" in text(resumed)
+        after = await c.act(Decide(ref="model", value="pony"))
+    assert choices(after)[0].ref == "description"
+
+
+async def test_a_failed_job_becomes_a_plain_message(settings):
+    async with open_store(settings.database_path) as store:
+        engine = Engine(settings, store)
+        await engine.start("t1", "u1", "Mira")
+        outcome = await engine.on_event(
+            JobFailed(
+                id="x",
+                session="t1",
+                project="p",
+                job="dataset_check",
+                message="Something went wrong while checking your pictures.",
+            )
+        )
+    assert outcome.replies == [Text(text="Something went wrong while checking your pictures.")]
+
+
+async def test_terminal_chat_runs_the_same_conversation(settings, painting, tmp_path):
+    folder = tmp_path / "my pics"
+    folder.mkdir()
+    for i in range(3):
+        painting(i, (576, 512)).save(folder / f"pic {i}.jpg")
+    lines = iter(["3", "7", "A teapot", "9", str(folder), "status", "quit"])
+    out: list[str] = []
+    await chat(settings, "terminal-mira", "mira", lines, out.append)
+    said = "\n".join(out)
+    assert "[1] Character" in said and "[9] Use miraobj" in said
+    assert "Got 3 file(s) — checking them now." in said
+    assert "Gate 1 (dataset): NO-GO" in said and "Project **mira-object-1**" in said
+
+
+@pytest.mark.parametrize("name,data,why", [
+    ("huge.jpg", b"\xff\xd8\xff" + bytes(200), "over the 0.0001 MB limit"),
+    ("photo.heic", b"\x00\x00\x00\x18ftypheic" + bytes(40), "HEIC"),
+    ("notes.png", b"hello", "isn't a picture"),
+])  # fmt: skip
+def test_uploads_are_refused_at_the_door_in_plain_words(settings, name, data, why):
+    settings = settings.model_copy(update={"max_upload_mb": 0.0001})
+    result = stage_upload(settings, "t1", "m1", name, data)
+    assert isinstance(result, str) and why in result and result.startswith(name)
+
+
+def test_uploaded_names_cannot_escape_the_inbox(settings, painting):
+    path = stage_upload(settings, "t1", "m1/../../x", "../../../evil.jpg", jpeg_bytes(painting(1)))
+    assert isinstance(path, Path)
+    assert path.resolve().is_relative_to((settings.grimoire / "inbox" / "t1").resolve())
+    assert path.name == "evil.jpg"
