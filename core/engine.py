@@ -222,14 +222,16 @@ class Engine:
             data.update(type=kind.value, step="model")
             await self._save(state)
             target = DATASET_TARGETS[kind]
-            models = studio_models(self.settings.grimoire)
+            models: dict[Family, str] = {}  # one button per family (button ids must differ)
+            for name, family in studio_models(self.settings.grimoire):
+                models.setdefault(family, name)
             return Outcome(replies=[
                 Text(text=f"A {kind} LoRA, then. For a {kind}, {target} work best: {target.why} "
                           "(resources/dataset/dataset-sizes.md)."),
                 Text(text=f"One thing to know now, because it's the most common reason LoRAs fail: "
                           f"{CONTENT_STYLE_NOTES[kind]} (resources/dataset/content-style.md)"),
                 Choice(ref="model", prompt="Which base model do you use?",
-                       options=[Option(value=family.value, label=name) for name, family in models]),
+                       options=[Option(value=family.value, label=name) for family, name in models.items()]),
             ])  # fmt: skip
         if step == "model":
             family = next((f for f in Family if value.lower() in (f.value, FAMILIES[f].display.lower())), None)
