@@ -25,7 +25,7 @@ from core.events import DatasetChecked, Event, JobFailed, JobProgress, JobStarte
 from core.families import FAMILIES, Family
 from core.grimoire import Project
 from core.intent import CONTENT_STYLE_NOTES, DATASET_TARGETS, LoraType
-from core.jobs import Job, job_id
+from core.jobs import Job, inbox, job_id
 from core.names import check_project_name, check_trigger_word, suggest_trigger_word
 from core.settings import Settings
 from core.store import Store
@@ -167,7 +167,7 @@ class Engine:
         if isinstance(event, JobProgress):
             return Outcome(replies=[Progress(key=event.job, text=event.text, done=event.done, total=event.total)])
         if isinstance(event, JobFailed):
-            return Outcome(replies=[Text(text=event.message)])
+            return Outcome(replies=[Progress(key=event.job, text="Stopped", done=0, total=3), Text(text=event.message)])
         return await self._checked(state, event)
 
     # Phase 1: the intent interview -------------------------------------------------------------
@@ -199,7 +199,8 @@ class Engine:
         if text.lower() in ("status", "where are we", "?"):
             return Outcome(replies=[Text(text=await self._where_we_are(state))])
         if text.lower() in ("check", "report", "recheck") and state["project"]:
-            return self._check(state, staged=[])
+            left = sorted(p for p in inbox(self.settings, state["id"]).rglob("*") if p.is_file())
+            return self._check(state, staged=left)
         if state["phase"] == "collect":
             return Outcome(
                 replies=[
@@ -325,7 +326,7 @@ class Engine:
         return Outcome(jobs=[job])
 
     async def _checked(self, state: dict, event: DatasetChecked) -> Outcome:
-        replies: list[Reply] = []
+        replies: list[Reply] = [Progress(key=event.job, text="Checked", done=3, total=3)]
         if event.imported:
             replies.append(Text(text="\n".join(event.imported)))
         replies.append(Text(text="\n".join(event.audit)))

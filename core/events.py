@@ -7,28 +7,30 @@ job that runs twice publishes the same ids and the relay can post each event onc
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from redis.asyncio import Redis
+
+log = logging.getLogger(__name__)
 
 
 class _Event(BaseModel):
     id: str
     session: str
     project: str
+    job: str  # the job's id: one progress message per run
 
 
 class JobStarted(_Event):
     kind: Literal["job_started"] = "job_started"
-    job: str
     text: str
 
 
 class JobProgress(_Event):
     kind: Literal["job_progress"] = "job_progress"
-    job: str
     text: str
     done: int
     total: int
@@ -36,7 +38,6 @@ class JobProgress(_Event):
 
 class JobFailed(_Event):
     kind: Literal["job_failed"] = "job_failed"
-    job: str
     message: str  # plain words for the artist
 
 
@@ -87,13 +88,18 @@ class RedisStream:
     async def publish(self, event: Event) -> None:
         await self.redis.xadd(self.name, {"event": event.model_dump_json()}, maxlen=self.maxlen, approximate=True)
 
-    async def read(self, after: str, block_ms: int = 5000, count: int = 100) -> list[tuple[str, Event]]:
-        """Events after stream id ``after`` (waiting up to ``block_ms`` for one), oldest first."""
+    async def read(self, after: str, block_ms: int = 5000, count: int = 100) -> list[tuple[str, Event | None]]:
+        """Events after stream id ``after`` (waiting up to ``block_ms`` for one), oldest first. An entry
+        that is not a valid event (say, a kind from a newer worker) comes back as None, logged, so the
+        reader moves past it instead of stalling."""
         found = await self.redis.xread({self.name: after}, count=count, block=block_ms)
-        out = []
+        out: list[tuple[str, Event | None]] = []
         for _, entries in found or []:
             for entry_id, fields in entries:
-                raw = fields[b"event"] if b"event" in fields else fields["event"]
                 key = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                out.append((key, EVENT.validate_json(raw)))
+                try:
+                    out.append((key, EVENT.validate_json(fields.get(b"event", fields.get("event", b"")))))
+                except ValidationError as err:
+                    log.warning("Skipping unreadable event %s on %s: %s", key, self.name, err.errors()[:1])
+                    out.append((key, None))
         return out

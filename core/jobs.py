@@ -52,7 +52,7 @@ async def dataset_check(settings: Settings, job: Job, publish: Publish) -> Datas
     report, and publish the findings."""
     project = Project.existing(settings, job.project)
     intent = intents.load(project)
-    common = {"session": job.session, "project": job.project, "job": job.name}
+    common = {"session": job.session, "project": job.project, "job": job.id}
     staged = [inside(settings.grimoire, Path(p)) for p in job.args.get("staged", [])]
     staged = [p for p in staged if p.is_file()]  # a re-run finds them imported and gone
     await publish(JobStarted(id=f"{job.id}:started", text=f"Checking your pictures ({len(staged)} new)…", **common))
@@ -78,6 +78,7 @@ async def dataset_check(settings: Settings, job: Job, publish: Publish) -> Datas
     imported += [f"{r.original}: {r.message}" for r in results if r.status != "added"]
     event = DatasetChecked(
         id=f"{job.id}:checked",
+        job=job.id,
         session=job.session,
         project=job.project,
         imported=imported,
@@ -100,21 +101,15 @@ FAILED = "Something went wrong while {what}. Your pictures and decisions are saf
 async def run_job(settings: Settings, job: Job, publish: Publish, last_try: bool = True) -> None:
     """Run a job by name. A problem the artist can fix, or the last try of any other failure, is
     published as a plain ``JobFailed``; other failures are raised so the queue can retry."""
+
+    def failed(message: str) -> JobFailed:
+        return JobFailed(id=f"{job.id}:failed", session=job.session, project=job.project, job=job.id, message=message)
+
     try:
         await JOBS[job.name](settings, job, publish)
     except UserError as err:
-        await publish(
-            JobFailed(id=f"{job.id}:failed", session=job.session, project=job.project, job=job.name, message=str(err))
-        )
+        await publish(failed(str(err)))
     except Exception:
         if last_try:
-            await publish(
-                JobFailed(
-                    id=f"{job.id}:failed",
-                    session=job.session,
-                    project=job.project,
-                    job=job.name,
-                    message=FAILED.format(what="checking your pictures"),
-                )
-            )
+            await publish(failed(FAILED.format(what="checking your pictures")))
         raise

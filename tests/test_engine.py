@@ -166,20 +166,18 @@ async def test_the_conversation_survives_a_restart(settings):
     assert choices(after)[0].ref == "description"
 
 
-async def test_a_failed_job_becomes_a_plain_message(settings):
+async def test_a_failed_job_closes_its_progress_and_becomes_a_plain_message(settings):
     async with open_store(settings.database_path) as store:
         engine = Engine(settings, store)
         await engine.start("t1", "u1", "Mira")
         outcome = await engine.on_event(
-            JobFailed(
-                id="x",
-                session="t1",
-                project="p",
-                job="dataset_check",
-                message="Something went wrong while checking your pictures.",
-            )
-        )
-    assert outcome.replies == [Text(text="Something went wrong while checking your pictures.")]
+            JobFailed(id="j:failed", session="t1", project="p", job="j",
+                      message="Something went wrong while checking your pictures.")
+        )  # fmt: skip
+    assert outcome.replies == [
+        Progress(key="j", text="Stopped", done=0, total=3),
+        Text(text="Something went wrong while checking your pictures."),
+    ]
 
 
 async def test_terminal_chat_runs_the_same_conversation(settings, painting, tmp_path):
@@ -212,3 +210,15 @@ def test_uploaded_names_cannot_escape_the_inbox(settings, painting):
     assert isinstance(path, Path)
     assert path.resolve().is_relative_to((settings.grimoire / "inbox" / "t1").resolve())
     assert path.name == "evil.jpg"
+
+
+async def test_check_takes_in_uploads_left_in_the_inbox(settings, painting):
+    async with open_store(settings.database_path) as store:
+        c = Conversation(settings, store)
+        await interview(c)
+        left = stage_upload(settings, c.session, "lost-1", "left behind.jpg", jpeg_bytes(painting(4)))
+        assert isinstance(left, Path)  # staged, but its job never ran (say the queue was down)
+        checked = await c.act(Say(text="check"))
+    assert "Added 1 of 1 file(s)." in text(checked)
+    assert (settings.training_root / "mira-object-1" / "dataset" / "left-behind.jpg").is_file()
+    assert not left.exists()
