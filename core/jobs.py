@@ -95,21 +95,25 @@ async def dataset_check(settings: Settings, job: Job, publish: Publish) -> Datas
 
 
 JOBS = {"dataset_check": dataset_check}
-FAILED = "Something went wrong while {what}. Your pictures and decisions are safe; please try again in a moment."
+DOING = {"dataset_check": "checking your pictures"}  # what each job does, for its failure message
+FAILED = "Something went wrong while {doing}. Your pictures and decisions are safe; please try again in a moment."
+
+
+def failure(job: Job, message: str | None = None) -> JobFailed:
+    """The event telling the artist a job stopped; one id per job, so however many places report the
+    same failure, a relay posts it once."""
+    text = message or FAILED.format(doing=DOING.get(job.name, "working on your project"))
+    return JobFailed(id=f"{job.id}:failed", session=job.session, project=job.project, job=job.id, message=text)
 
 
 async def run_job(settings: Settings, job: Job, publish: Publish, last_try: bool = True) -> None:
     """Run a job by name. A problem the artist can fix, or the last try of any other failure, is
     published as a plain ``JobFailed``; other failures are raised so the queue can retry."""
-
-    def failed(message: str) -> JobFailed:
-        return JobFailed(id=f"{job.id}:failed", session=job.session, project=job.project, job=job.id, message=message)
-
     try:
         await JOBS[job.name](settings, job, publish)
     except UserError as err:
-        await publish(failed(str(err)))
+        await publish(failure(job, str(err)))
     except Exception:
         if last_try:
-            await publish(failed(FAILED.format(what="checking your pictures")))
+            await publish(failure(job))
         raise

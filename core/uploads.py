@@ -6,21 +6,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from core.dataset.importer import refuse_size
 from core.dataset.sniff import HEAD_BYTES, sniff
 from core.grimoire import inside, write_bytes_atomic
 from core.jobs import inbox
 from core.settings import Settings
-
-
-def refuse_size(settings: Settings, filename: str, size: int) -> str | None:
-    """The plain refusal for a file over the size limit (None when it is within it); adapters call it
-    before downloading, so an oversized file is never fetched."""
-    if size <= settings.max_upload_bytes:
-        return None
-    return (
-        f"{_shown(filename)}: this file is {size / 1e6:.1f} MB, over the {settings.max_upload_mb:g} MB limit. "
-        "Export a smaller version (a long side of about 2048 px is plenty for training)."
-    )
 
 
 def _shown(filename: str) -> str:

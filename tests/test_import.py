@@ -115,3 +115,15 @@ def test_missing_paths_and_unknown_projects_are_plain_errors(cli, project, tmp_p
     assert code == 2 and "no training project called 'nobody'" in err
     code, _, err = cli("add", "../x", str(tmp_path))
     assert code == 2 and "slash" in err
+
+
+def test_an_import_cut_short_after_copying_does_not_copy_twice(cli, project, tmp_path, painting):
+    data = jpeg_bytes(painting(1))
+    (tmp_path / "pot.jpg").write_bytes(data)
+    dataset(tmp_path).mkdir(parents=True, exist_ok=True)
+    (dataset(tmp_path) / "pot.jpg").write_bytes(data)  # copied, then the process died before recording it
+    code, out, _ = cli("add", project, str(tmp_path / "pot.jpg"))
+    assert code == 0 and "Added as pot.jpg." in out
+    assert [p.name for p in dataset(tmp_path).iterdir()] == ["pot.jpg"]
+    cli("add", project, str(tmp_path / "pot.jpg"))
+    assert [p.name for p in dataset(tmp_path).iterdir()] == ["pot.jpg"]

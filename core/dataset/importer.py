@@ -7,6 +7,7 @@ already in the project are skipped, and nothing is ever written outside the proj
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import unicodedata
@@ -16,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from core.dataset.audit import inspect_all
-from core.dataset.inspect import Inspection, Limits
+from core.dataset.inspect import Inspection, Limits, sha256_of
 from core.errors import UserError
 from core.grimoire import Project, copy_atomic, inside
 from core.settings import Settings
@@ -39,12 +40,28 @@ def safe_stem(name: str) -> str:
     return stem[:60] or "image"
 
 
-def _unique_name(folder: Path, stem: str, ext: str) -> str:
+def refuse_size(settings: Settings, filename: str, size: int) -> str | None:
+    """The plain refusal for a file over the size limit, or None when it is within it. Adapters ask
+    before downloading, so an oversized upload is never fetched."""
+    if size <= settings.max_upload_bytes:
+        return None
+    shown = Path(filename.replace("\\", "/")).name or "upload"
+    return (
+        f"{shown}: this file is {size / 1e6:.1f} MB, over the {settings.max_upload_mb:g} MB limit. "
+        "Export a smaller version (a long side of about 2048 px is plenty for training)."
+    )
+
+
+def _free_name(folder: Path, stem: str, ext: str, sha256: str) -> tuple[str, bool]:
+    """The name to store a picture under, and whether it is already there: a run that died between
+    copying a file and recording it finds its copy (same content) instead of making a second one."""
     name, n = f"{stem}{ext}", 1
     while (folder / name).exists():
+        if sha256_of(folder / name) == sha256:
+            return name, True
         n += 1
         name = f"{stem}-{n}{ext}"
-    return name
+    return name, False
 
 
 def _expand(paths: list[Path]) -> list[tuple[Path, str]]:
@@ -78,22 +95,12 @@ async def import_paths(
     checkable: list[tuple[Path, str]] = []
     for path, shown in files:
         size = path.stat().st_size if path.is_file() and not path.is_symlink() else 0
-        if size > settings.max_upload_bytes:
-            results.append(
-                Imported(
-                    original=shown,
-                    stored=None,
-                    status="refused",
-                    message=(
-                        f"This file is {size / 1e6:.0f} MB, over the {settings.max_upload_mb:g} MB limit. "
-                        "Export a smaller version (a long side of about 2048 px is plenty for training)."
-                    ),
-                )
-            )
+        if too_big := refuse_size(settings, shown, size):
+            results.append(Imported(original=shown, stored=None, status="refused", message=too_big))
         else:
             checkable.append((path, shown))
     limits = Limits(resolution=resolution, max_pixels=settings.max_image_pixels)
-    inspections = inspect_all(checkable, limits, settings.workers)
+    inspections = await asyncio.to_thread(inspect_all, checkable, limits, settings.workers)
     project.dataset_dir.mkdir(parents=True, exist_ok=True)
     for (path, shown), inspection in zip(checkable, inspections, strict=True):
         results.append(await _import_one(project, store, path, shown, inspection))
@@ -122,7 +129,8 @@ async def _import_one(project: Project, store: Store, path: Path, shown: str, in
         )
     if existing:  # the artist deleted it by hand since: import it afresh
         await store.forget_image(project.name, existing)
-    name = _unique_name(project.dataset_dir, safe_stem(shown), EXTENSIONS[audit.format])
-    copy_atomic(path, inside(project.dataset_dir, project.dataset_dir / name))
+    name, copied = _free_name(project.dataset_dir, safe_stem(shown), EXTENSIONS[audit.format], inspection.sha256)
+    if not copied:
+        copy_atomic(path, inside(project.dataset_dir, project.dataset_dir / name))
     await store.add_image(project.name, name, shown, inspection.sha256, path.stat().st_size)
     return Imported(original=shown, stored=name, status="added", message=f"Added as {name}.")

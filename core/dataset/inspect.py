@@ -137,7 +137,7 @@ def _describe_unknown(head: bytes) -> str:
         return "This file isn't a picture in any format I know — perhaps the wrong file was picked."
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -285,7 +285,7 @@ def inspect_file(path: Path, name: str, limits: Limits) -> Inspection:
             f"This is {kind.label}, which training tools can't read. Export it as PNG or JPEG and send it again.",
         )
         return result
-    result.sha256 = _sha256(path)
+    result.sha256 = sha256_of(path)
     audit.format = kind.format
     w = h = 0
     try:

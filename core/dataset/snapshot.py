@@ -3,6 +3,7 @@ captions read. Curation, the Gate 1 report and duplicate resolution all start fr
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import shutil
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ def caption_path(image: Path) -> Path:
 async def take(project: Project, intent: Intent, settings: Settings, store: Store) -> Snapshot:
     limits = Limits(resolution=intent.resolution, max_pixels=settings.max_image_pixels)
     project.dataset_dir.mkdir(parents=True, exist_ok=True)
-    audit, inspections = audit_folder(project.dataset_dir, limits, settings.workers)
+    audit, inspections = await asyncio.to_thread(audit_folder, project.dataset_dir, limits, settings.workers)
     by_name = {i.audit.file: i for i in inspections}
     duplicates = find_duplicates(inspections)
     unresolved = [

@@ -1,0 +1,76 @@
+"""Buttons for the engine's choices that keep working after a restart.
+
+A button carries everything a press needs in its custom id, ``lt:<session>:<ref>:<value>``, and the
+rest is in SQLite, so no view lives in memory: discord.py rebuilds a ``ChoiceButton`` from any
+matching id once the class is registered (``bot.add_dynamic_items``), even for messages posted before
+the bot restarted.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING
+
+import discord
+
+from bot.private import followup_to
+from core.engine import Choice, Decide, Text
+
+if TYPE_CHECKING:
+    from bot.main import LoraBot
+
+log = logging.getLogger(__name__)
+
+# Session: a thread id. Ref: as the engine's CHOICE_REF. Value: an option (never holds a colon).
+TEMPLATE = re.compile(r"lt:(?P<session>[0-9]+):(?P<ref>[a-z]+(?::[0-9a-f]{1,16})?):(?P<value>[^:]+)\Z")
+MAX_BUTTONS = 25  # Discord: 5 rows of 5
+
+
+class ChoiceButton(discord.ui.DynamicItem[discord.ui.Button], template=TEMPLATE):
+    def __init__(
+        self, session: str, ref: str, value: str, label: str, style: discord.ButtonStyle = discord.ButtonStyle.primary
+    ):
+        super().__init__(discord.ui.Button(label=label[:80], style=style, custom_id=f"lt:{session}:{ref}:{value}"))
+        self.session, self.ref, self.value = session, ref, value
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str], /
+    ) -> ChoiceButton:
+        return cls(match["session"], match["ref"], match["value"], item.label or match["value"], item.style)
+
+    async def callback(self, interaction: discord.Interaction[LoraBot]) -> None:
+        """Answer Discord first (it allows 3 s), then let the engine judge the press: it also decides
+        whether this person may press it at all."""
+        await interaction.response.defer()
+        bot = interaction.client
+        async with bot.session_lock(self.session):
+            action = Decide(ref=self.ref, value=self.value)
+            outcome = await bot.engine.handle(self.session, str(interaction.user.id), action)
+            if any(not (isinstance(reply, Text) and reply.private) for reply in outcome.replies):
+                await self._close(interaction)
+            await bot.deliver(interaction.channel, outcome, private=followup_to(interaction))
+
+    async def _close(self, interaction: discord.Interaction) -> None:
+        """Grey out the question's buttons once it is answered, keeping the pressed one marked."""
+        for child in self.view.children:
+            button = child.item if isinstance(child, discord.ui.DynamicItem) else child
+            if isinstance(button, discord.ui.Button):
+                button.disabled, button.style = True, discord.ButtonStyle.secondary
+        self.item.style = discord.ButtonStyle.success
+        self.view.stop()  # a finished view is not kept in memory: the buttons are disabled for good
+        try:
+            await interaction.edit_original_response(view=self.view)
+        except discord.HTTPException as err:
+            log.warning("Could not disable the buttons of message %s: %s", interaction.message.id, err)
+
+
+def choice_view(session: str, choice: Choice) -> discord.ui.View:
+    """The buttons for one of the engine's choices (at most 25, Discord's limit)."""
+    if len(choice.options) > MAX_BUTTONS:
+        log.error("Choice %r offers %d options; showing the first %d", choice.ref, len(choice.options), MAX_BUTTONS)
+    view = discord.ui.View(timeout=None)
+    for option in choice.options[:MAX_BUTTONS]:
+        view.add_item(ChoiceButton(session, choice.ref, option.value, option.label))
+    return view

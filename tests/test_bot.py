@@ -1,0 +1,434 @@
+"""The Discord adapter, driven through its real handlers with fake Discord objects
+(``tests/discord_fakes.py``), a real SQLite store, the real engine, a real Redis for the job queue
+and the event stream, and the real dataset-check job."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+from types import SimpleNamespace
+
+import discord
+import pytest
+from arq.connections import ArqRedis
+from pydantic import SecretStr
+from redis.asyncio import Redis
+
+from bot.main import LoraBot, run
+from bot.relay import Relay
+from bot.render import Renderer, split
+from bot.train import train
+from core.engine import Progress, Text
+from core.errors import UserError
+from core.events import JobStarted, RedisStream
+from core.grimoire import Project
+from core.jobs import Job, inbox, run_job
+from core.samples import variant
+from tests.conftest import jpeg_bytes
+from tests.discord_fakes import (
+    Attachment,
+    Bot,
+    Interaction,
+    Message,
+    TextChannel,
+    Thread,
+    User,
+    World,
+    file_names,
+    http_error,
+    press,
+)
+
+PROJECT = "mira-style-1"
+PAIR = re.compile(r"Left: `(?P<left>[^`]+)` · Right: `(?P<right>[^`]+)`")
+
+
+@pytest.fixture
+def bot_settings(settings, redis_url):
+    return settings.model_copy(update={"redis_url": redis_url})
+
+
+@pytest.fixture
+def world():
+    return World()
+
+
+@pytest.fixture
+async def bot(bot_settings, world):
+    bot = Bot(bot_settings, world)
+    await bot.open()
+    yield bot
+    await bot.close()
+
+
+@pytest.fixture
+def mira(world):
+    return User(world, "Mira")
+
+
+async def slash_train(bot: Bot, user: User, channel=None) -> Interaction:
+    interaction = Interaction(bot.world, bot, user, channel or TextChannel(bot.world))
+    await train.callback(interaction)
+    return interaction
+
+
+def calls_of(world: World, since: int) -> list[str]:
+    return [name for name, _ in world.log[since:]]
+
+
+def threads(world: World) -> list[Thread]:
+    return [c for c in world.channels.values() if isinstance(c, Thread)]
+
+
+def asking(thread: Thread) -> Message:
+    """The latest message with buttons."""
+    return next(m for m in reversed(thread.messages) if m.components)
+
+
+async def say(bot: Bot, thread: Thread, user: User, text: str = "", attachments=()) -> Message:
+    message = Message(bot.world, thread, user, text, attachments=list(attachments))
+    await bot.on_message(message)
+    return message
+
+
+async def interview(bot: Bot, mira: User) -> Thread:
+    """/train, then the four questions answered by buttons and typing."""
+    await slash_train(bot, mira)
+    thread = threads(bot.world)[-1]
+    await press(bot, asking(thread), "Style", mira)
+    await press(bot, asking(thread), "Stable Diffusion 1.5", mira)
+    await say(bot, thread, mira, "Warm, layered landscapes with visible brush strokes")
+    await say(bot, thread, mira, "mirastyle")
+    return thread
+
+
+async def queued(bot: LoraBot) -> list:
+    return await bot.redis.queued_jobs(queue_name=bot.settings.quick_queue)
+
+
+async def checked(bot: Bot, mira: User, painting) -> Thread:
+    """A thread whose upload (two paintings and a mirrored copy of one) was checked by the real job
+    and relayed from the real event stream: the duplicate question is waiting."""
+    thread = await interview(bot, mira)
+    pictures = [
+        Attachment("forest.jpg", jpeg_bytes(painting(1))),
+        Attachment("harbour.jpg", jpeg_bytes(painting(2))),
+        Attachment("forest-flipped.jpg", jpeg_bytes(variant(painting(1), "mirrored"), quality=90)),
+    ]
+    await say(bot, thread, mira, attachments=pictures)
+    stream = RedisStream(bot.redis, bot.settings.events_stream)
+    for definition in await queued(bot):  # what the worker does with each job
+        await run_job(bot.settings, Job.model_validate(definition.args[0]), stream.publish)
+    assert await Relay(bot, stream).step(block_ms=100) > 0
+    return thread
+
+
+# /train -------------------------------------------------------------------------------------------
+
+
+async def test_train_opens_a_private_thread_and_asks_the_first_question(bot, world, mira):
+    interaction = await slash_train(bot, mira)
+
+    assert calls_of(world, 0) == [
+        "response.defer",
+        "channel.create_thread",
+        "thread.send",
+        "thread.add_user",
+        "followup.send",
+    ]
+    assert world.calls("response.defer") == [{"ephemeral": True, "thinking": True}]
+    (made,) = world.calls("channel.create_thread")
+    assert made["type"] == discord.ChannelType.private_thread and made["auto_archive_duration"] == 10080
+    (thread,) = threads(world)
+    assert thread.members == [mira] and thread.name == "mira-train-1"
+    question = thread.messages[0]
+    assert question.content.startswith("Hi Mira! I'll help you teach an image model something new.")
+    assert [(b.label, b.custom_id) for b in question.buttons()] == [
+        ("Character", f"lt:{thread.id}:type:character"),
+        ("Style", f"lt:{thread.id}:type:style"),
+        ("Object", f"lt:{thread.id}:type:object"),
+    ]
+    (answer,) = world.calls("followup.send")
+    assert answer == {
+        "content": f"I've opened a private thread for your training project: <#{thread.id}>. Everything we decide "
+        "is saved, so you can leave and come back any time.",
+        "ephemeral": True,
+    }
+    assert interaction.response.is_done()
+
+
+async def test_train_again_points_back_to_the_existing_thread(bot, world, mira):
+    await slash_train(bot, mira)
+    (thread,) = threads(world)
+    since = len(world.log)
+
+    await slash_train(bot, mira, TextChannel(world, "general"))
+
+    assert "channel.create_thread" not in calls_of(world, since) and threads(world) == [thread]
+    assert thread.messages[-1].content.startswith("Welcome back! We're in the first step")
+    answer = world.calls("followup.send")[-1]["content"]
+    assert answer.startswith(f"Your training project is waiting for you in <#{thread.id}>")
+
+
+async def test_train_outside_a_text_channel_explains_where_to_use_it(bot, world, mira):
+    voice = SimpleNamespace(id=world.new_id(), type=discord.ChannelType.voice)
+
+    await slash_train(bot, mira, voice)
+
+    assert calls_of(world, 0) == ["response.defer", "followup.send"]
+    answer = world.calls("followup.send")[0]["content"]
+    assert answer.startswith("Please use /train in one of the server's text channels")
+    assert await bot.store.sessions_of(str(mira.id)) == []
+
+
+async def test_train_without_permission_to_make_threads_says_what_is_missing(bot, world, mira):
+    class Locked(TextChannel):
+        async def create_thread(self, **kwargs):
+            raise http_error(discord.Forbidden, 403, "Missing Permissions")
+
+    await slash_train(bot, mira, Locked(world))
+
+    assert "Create Private Threads" in world.calls("followup.send")[0]["content"]
+
+
+# The interview ------------------------------------------------------------------------------------
+
+
+async def test_buttons_and_typed_answers_walk_the_interview_and_write_intent_md(bot, world, mira, bot_settings):
+    await slash_train(bot, mira)
+    (thread,) = threads(world)
+    question = asking(thread)
+
+    since = len(world.log)
+    pressed = await press(bot, question, "Style", mira)
+    assert calls_of(world, since)[0] == "response.defer" and world.calls("response.defer")[-1] == {}
+    buttons = question.buttons()
+    assert all(b.disabled for b in buttons)
+    assert [b.label for b in buttons if b.style == discord.ButtonStyle.success] == ["Style"]
+    assert thread.messages[1].content.startswith("A style LoRA, then.")
+    assert pressed.response.is_done()
+
+    models = asking(thread)
+    assert models.content == "Which base model do you use?"
+    assert "Pony Diffusion V6 XL" in [b.label for b in models.buttons()]
+    since = len(world.log)
+    await press(bot, models, "Stable Diffusion 1.5", mira)
+    assert calls_of(world, since)[0] == "response.defer"
+    assert asking(thread).content.startswith("In a sentence, what are you training?")
+
+    await say(bot, thread, mira, "Warm, layered landscapes with visible brush strokes")
+    trigger = asking(thread)
+    assert "I suggest `mirastyle`" in trigger.content and [b.label for b in trigger.buttons()] == ["Use mirastyle"]
+    await say(bot, thread, mira, "mira_gouache")
+
+    intent = Project.existing(bot_settings, PROJECT).path("intent.md").read_text()
+    assert "mira_gouache" in intent and "Warm, layered landscapes with visible brush strokes" in intent
+    assert any(f"Your project **{PROJECT}** is set up" in said for said in thread.said())
+    assert thread.said()[-1].startswith("Now send me your pictures right here")
+
+
+async def test_someone_else_pressing_a_button_is_told_privately_and_nothing_changes(bot, world, mira):
+    await slash_train(bot, mira)
+    (thread,) = threads(world)
+    posted = len(thread.messages)
+    stranger = User(world, "Sam")
+    since = len(world.log)
+
+    await press(bot, asking(thread), "Character", stranger)
+
+    assert calls_of(world, since) == ["response.defer", "followup.send"]
+    assert world.calls("followup.send")[-1] == {
+        "content": "This isn't your session — type /train to start your own.",
+        "ephemeral": True,
+    }
+    assert not any(b.disabled for b in asking(thread).buttons()) and len(thread.messages) == posted
+    state = await bot.store.session(str(thread.id))
+    assert state["phase"] == "intent" and state["data"]["step"] == "type"
+
+
+async def test_messages_from_bots_and_outside_session_threads_are_ignored(bot, world, mira):
+    await slash_train(bot, mira)
+    (thread,) = threads(world)
+    elsewhere = Thread(world, "chat", TextChannel(world))
+    since = len(world.log)
+
+    await say(bot, thread, User(world, "Helper", bot=True), "style")
+    await say(bot, elsewhere, mira, "style")
+
+    assert world.log[since:] == []
+
+
+# Uploads ------------------------------------------------------------------------------------------
+
+
+async def test_uploads_stage_pictures_refuse_other_files_and_queue_a_check(bot, world, mira, painting):
+    thread = await interview(bot, mira)
+    huge = Attachment("huge.png", b"", size=bot.settings.max_upload_bytes + 1)
+    files = [
+        Attachment("forest.jpg", jpeg_bytes(painting(1))),
+        Attachment("notes.jpg", b"remember: ask about the gouache set\n"),
+        huge,
+    ]
+
+    message = await say(bot, thread, mira, attachments=files)
+
+    session = str(thread.id)
+    staged = inbox(bot.settings, session) / f"{message.id}-0" / "forest.jpg"
+    assert staged.read_bytes() == files[0].data
+    assert not (inbox(bot.settings, session) / f"{message.id}-1").exists()
+    assert huge.reads == 0
+    refusal = thread.said()[-2]
+    assert refusal.startswith("I couldn't take these:\n- ❌ notes.jpg: this isn't a picture")
+    assert "huge.png: this file is 52.4 MB, over the 50 MB limit" in refusal
+    assert thread.said()[-1] == "Got 1 file(s) — checking them now."
+    (job,) = await queued(bot)
+    assert job.function == "dataset_check" and job.args[0]["args"] == {"staged": [str(staged)]}
+    assert job.job_id == job.args[0]["id"] and job.args[0]["session"] == session
+
+
+async def test_a_queue_outage_is_told_plainly_and_the_upload_stays_in_the_inbox(bot, world, mira, painting):
+    thread = await interview(bot, mira)
+    await bot.redis.aclose()
+    bot.redis = ArqRedis.from_url("redis://127.0.0.1:1")  # nothing listens there
+
+    message = await say(bot, thread, mira, attachments=[Attachment("forest.jpg", jpeg_bytes(painting(1)))])
+
+    assert (inbox(bot.settings, str(thread.id)) / f"{message.id}-0" / "forest.jpg").is_file()
+    assert thread.said()[-1].startswith("I couldn't hand that work to the worker just now")
+
+
+# The relay ----------------------------------------------------------------------------------------
+
+
+async def test_a_dataset_check_is_relayed_with_the_side_by_side_and_keep_buttons_once(bot, world, mira, painting):
+    thread = await checked(bot, mira, painting)
+    said = "\n".join(thread.said())
+
+    progress = [m for m in thread.messages if m.content.startswith(("⏳", "✅"))]
+    assert len(progress) == 1  # one message per job, edited in place
+    assert "Got 3 files. Here's what I found:" in said and "Added 3 of 3 file(s)." in said
+    assert "Training on duplicates makes the model memorise" in said
+    (picture,) = file_names(world)
+    assert picture.startswith("pair-") and picture.endswith(".jpg")
+    assert PAIR.search(said)
+    keep = asking(thread)
+    assert keep.content == "Which should I keep?"
+    assert [b.label for b in keep.buttons()] == ["Keep left", "Keep right", "Keep both"]
+    assert all(re.fullmatch(rf"lt:{thread.id}:dup:[0-9a-f]{{16}}:(a|b|both)", b.custom_id) for b in keep.buttons())
+
+    posted = len(world.calls("thread.send"))
+    await bot.close()
+    restarted = Bot(bot.settings, world)
+    await restarted.open()
+    try:
+        await restarted.store.save_stream_cursor(restarted.settings.events_stream, "0-0")  # read it all again
+        stream = RedisStream(restarted.redis, restarted.settings.events_stream)
+        assert await Relay(restarted, stream).step(block_ms=100) > 0
+    finally:
+        await restarted.close()
+    assert len(world.calls("thread.send")) == posted
+
+
+async def test_a_button_posted_before_a_restart_still_decides(bot, world, mira, painting, bot_settings):
+    thread = await checked(bot, mira, painting)
+    pair = PAIR.search("\n".join(thread.said()))
+    keep = asking(thread)
+    before = {j.job_id for j in await queued(bot)}
+    await bot.close()
+
+    restarted = Bot(bot_settings, world)
+    await restarted.open()
+    try:
+        since = len(world.log)
+        await press(restarted, keep, "Keep left", mira)
+        after = {j.job_id for j in await queued(restarted)}
+    finally:
+        await restarted.close()
+
+    assert calls_of(world, since)[0] == "response.defer"
+    project = Project.existing(bot_settings, PROJECT)
+    assert (project.excluded_dir / pair["right"]).is_file() and not (project.dataset_dir / pair["right"]).exists()
+    assert (project.dataset_dir / pair["left"]).is_file()
+    assert f"Keeping `{pair['left']}`; `{pair['right']}` is set aside in excluded/" in thread.said()[-2]
+    assert thread.said()[-1] == "All duplicates decided — updating the dataset report."
+    assert all(b.disabled for b in keep.buttons())
+    assert len(after - before) == 1  # the report is brought up to date
+
+
+async def test_the_relay_skips_a_deleted_thread_and_carries_on(bot, world, mira, caplog):
+    await slash_train(bot, mira)
+    (thread,) = threads(world)
+    del world.channels[thread.id]
+    stream = RedisStream(bot.redis, bot.settings.events_stream)
+    event = JobStarted(id="j:started", session=str(thread.id), project=PROJECT, job="dataset_check", text="Checking")
+    await stream.publish(event)
+
+    with caplog.at_level(logging.WARNING):
+        assert await Relay(bot, stream).step(block_ms=100) == 1
+
+    assert "is gone or hidden from the bot" in caplog.text
+    assert await bot.store.stream_cursor(bot.settings.events_stream) != "0-0"
+    assert not await bot.store.mark_relayed("j:started")
+
+
+async def test_the_relay_waits_out_a_redis_outage(bot, caplog):
+    relay = Relay(bot, RedisStream(Redis.from_url("redis://127.0.0.1:1"), bot.settings.events_stream))
+    with caplog.at_level(logging.WARNING):
+        task = asyncio.create_task(relay.run())
+        await asyncio.sleep(0.3)
+    assert not task.done()
+    task.cancel()
+    assert "Event stream unreachable" in caplog.text
+
+
+# Rendering ----------------------------------------------------------------------------------------
+
+
+async def test_progress_is_one_message_edited_in_place_throttled_and_after_a_restart(bot, world):
+    thread = Thread(world, "t", TextChannel(world))
+    renderer = Renderer(bot.store, progress_every=0.2)
+    step = [Progress(key="check", text="Checking", done=n, total=3) for n in range(4)]
+
+    await renderer.show(thread, [step[0]])
+    await renderer.show(thread, [step[1]])
+    await renderer.show(thread, [step[2]])
+    assert len(thread.messages) == 1 and world.calls("message.edit") == []  # too soon to edit
+    await asyncio.sleep(0.3)
+    assert [c["content"] for c in world.calls("message.edit")] == ["⏳ Checking ▓▓▓▓▓▓▓░░░ 2/3"]
+
+    await Renderer(bot.store, progress_every=0.2).show(thread, [step[3]])  # a new bot edits the same message
+    assert len(thread.messages) == 1 and thread.said() == ["✅ Checking ▓▓▓▓▓▓▓▓▓▓ 3/3"]
+    await renderer.close()
+
+
+async def test_a_discord_error_on_one_reply_is_logged_and_the_rest_go_out(bot, world, caplog):
+    thread = Thread(world, "t", TextChannel(world))
+    thread.fail_with = http_error(discord.Forbidden, 403, "Missing Permissions")
+
+    with caplog.at_level(logging.WARNING):
+        await bot.renderer.show(thread, [Text(text="lost"), Text(text="shown")])
+
+    assert thread.said() == ["shown"] and "Discord refused a text reply" in caplog.text
+
+
+def test_long_text_is_split_between_lines():
+    text = "\n".join(f"line {n:04d} " + "x" * 40 for n in range(100))
+    chunks = split(text)
+    assert len(chunks) == 3 and all(len(c) <= 2000 for c in chunks)
+    assert "\n".join(chunks) == text
+    assert split("y" * 4500) == ["y" * 2000, "y" * 2000, "y" * 500]
+    assert split("\n\n") == []
+
+
+# Running ------------------------------------------------------------------------------------------
+
+
+def test_the_bot_refuses_to_start_without_a_token(settings, cli, monkeypatch):
+    for token in (None, SecretStr("  ")):
+        with pytest.raises(UserError, match="LORATRAIN_DISCORD_TOKEN"):
+            run(settings.model_copy(update={"discord_token": token}), argparse.Namespace())
+    monkeypatch.delenv("LORATRAIN_DISCORD_TOKEN", raising=False)
+    code, _, err = cli("bot")
+    assert code == 2 and "No Discord bot token is set" in err
