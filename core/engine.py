@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from pydantic import BaseModel
 
@@ -124,9 +124,17 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:20] or "artist"
 
 
+class Assistant(Protocol):
+    """Something that can hold the conversation for the engine (Claude, in ``core.assistant``): it may
+    answer free text using the engine's ``tool_*`` methods, or return None to let the scripted
+    conversation answer."""
+
+    async def converse(self, engine: Engine, state: dict, text: str) -> Outcome | None: ...
+
+
 class Engine:
-    def __init__(self, settings: Settings, store: Store):
-        self.settings, self.store = settings, store
+    def __init__(self, settings: Settings, store: Store, assistant: Assistant | None = None):
+        self.settings, self.store, self.assistant = settings, store, assistant
 
     # Entry points ------------------------------------------------------------------------------
 
@@ -153,6 +161,10 @@ class Engine:
                 return await self._decide(state, action)
             if isinstance(action, Upload):
                 return await self._upload(state, action)
+            if self.assistant is not None:
+                outcome = await self.assistant.converse(self, state, action.text.strip())
+                if outcome is not None:
+                    return outcome
             return await self._say(state, action.text.strip())
         except UserError as err:
             return Outcome(replies=[Text(text=str(err))])
@@ -377,6 +389,45 @@ class Engine:
             outcome.replies.append(Text(text="All duplicates decided — updating the dataset report."))
             outcome.jobs = self._check(state, []).jobs
         return outcome
+
+    # What an assistant may do: the same validated steps the buttons take, and nothing more -------
+    # (No tool marks a gate passed or starts training: gates are decided by the jobs that check them.)
+
+    async def tool_create_intent(self, session: str, kind: str, family: str, trigger: str, description: str) -> Outcome:
+        """Phase 1's result: the project and its intent.md. Refused unless the interview is still open."""
+        state = await self._state(session)
+        if state["project"]:
+            raise UserError(f"This session already has its project, {state['project']}.")
+        if kind not in LoraType.__members__ or family not in Family.__members__:
+            raise UserError(
+                f"The type must be one of {', '.join(LoraType)} and the base model one of {', '.join(Family)}."
+            )
+        state["data"].update(type=kind, family=family, description=" ".join(description.split())[:500])
+        return await self._create_project(state, check_trigger_word(trigger.strip().lower()))
+
+    async def tool_check_dataset(self, session: str) -> Outcome:
+        """Audit, duplicates, curation and the Gate 1 report, as a job (uploads waiting are taken in)."""
+        state = await self._state(session)
+        if not state["project"]:
+            raise UserError("There is no project yet: the intent interview comes first.")
+        return await self._say(state, "check")
+
+    async def tool_status(self, session: str) -> dict:
+        """Facts about the session for the assistant's context: phase, project, intent, Gate 1."""
+        state = await self._state(session)
+        facts: dict = {"phase": state["phase"], "project": state["project"], "answers": state["data"]}
+        if state["project"]:
+            project = Project.existing(self.settings, state["project"])
+            facts["intent"] = intents.load(project).model_dump(mode="json")
+            facts["gate_1"] = await self.store.gate(state["project"], 1)
+            facts["duplicates_waiting"] = len(await self.store.open_choices(session, "dup:"))
+        return facts
+
+    async def _state(self, session: str) -> dict:
+        state = await self.store.session(session)
+        if state is None:
+            raise UserError("There is no training session here. Type /train to start one.")
+        return state
 
     # Bookkeeping --------------------------------------------------------------------------------
 

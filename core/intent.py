@@ -7,6 +7,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel
 
+from core import resources
 from core.errors import UserError
 from core.families import FAMILIES, Family
 from core.grimoire import Project
@@ -28,16 +29,13 @@ class SizeTarget(BaseModel):
         return f"{self.low}–{self.high} images"
 
 
-# How many images each type needs (resources/dataset/dataset-sizes.md).
-DATASET_TARGETS: dict[LoraType, SizeTarget] = {
-    LoraType.character: SizeTarget(
-        low=15, high=40, why="one consistent identity seen from varied angles, outfits and backgrounds"
-    ),
-    LoraType.style: SizeTarget(
-        low=20, high=100, why="varied subjects painted with the same technique, so the technique is what repeats"
-    ),
-    LoraType.object: SizeTarget(low=10, high=30, why="the same thing from varied angles and in varied settings"),
-}
+def _targets() -> dict[LoraType, SizeTarget]:
+    """How many pictures each type needs: the table in resources/dataset/dataset-sizes.md."""
+    rows = resources.table("dataset/dataset-sizes.md", "Sizes by type")
+    return {LoraType(r["Type"]): SizeTarget(low=int(r["Fewest"]), high=int(r["Most"]), why=r["Why"]) for r in rows}
+
+
+DATASET_TARGETS: dict[LoraType, SizeTarget] = _targets()
 
 CONTENT_STYLE_NOTES: dict[LoraType, str] = {
     LoraType.style: (
