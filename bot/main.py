@@ -24,6 +24,7 @@ from bot.private import Private, reply_to
 from bot.relay import Relay
 from bot.render import Renderer
 from bot.train import train
+from core.assistant import make_assistant
 from core.engine import Engine, Outcome, Say, Text
 from core.errors import UserError
 from core.events import RedisStream
@@ -79,7 +80,7 @@ class LoraBot(commands.Bot):
         self.store = await self._resources.enter_async_context(open_store(self.settings.database_path))
         self.redis = await connect(self.settings)
         self._resources.push_async_callback(self.redis.aclose)
-        self.engine = Engine(self.settings, self.store)
+        self.engine = Engine(self.settings, self.store, make_assistant(self.settings))
         self.renderer = Renderer(self.store)
         self._resources.push_async_callback(self.renderer.close)
         self.add_dynamic_items(ChoiceButton)

@@ -10,6 +10,7 @@ import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from core.assistant import make_assistant
 from core.engine import Attachment as FileReply
 from core.engine import Choice, Decide, Engine, Picture, Progress, Reply, Say, Text, Upload
 from core.runner import InProcessRunner
@@ -57,7 +58,7 @@ async def chat(settings: Settings, session: str, user: str, lines: Iterator[str]
             out(f"⏳ {reply.text} ({reply.done}/{reply.total})")
 
     async with open_store(settings.database_path) as store:
-        engine = Engine(settings, store)
+        engine = Engine(settings, store, make_assistant(settings))
         runner = InProcessRunner(settings, engine, show)
         await runner.deliver(await engine.start(session, user, user))
         for line in lines:

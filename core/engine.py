@@ -165,7 +165,7 @@ class Engine:
                 outcome = await self.assistant.converse(self, state, action.text.strip())
                 if outcome is not None:
                     return outcome
-            return await self._say(state, action.text.strip())
+            return await self.scripted(state, action.text.strip())
         except UserError as err:
             return Outcome(replies=[Text(text=str(err))])
 
@@ -204,7 +204,8 @@ class Engine:
             return await self._answer(state, "")
         return await self._answer(state, action.value)
 
-    async def _say(self, state: dict, text: str) -> Outcome:
+    async def scripted(self, state: dict, text: str) -> Outcome:
+        """The scripted answer to free text; an assistant that can't answer uses it, with its note in front."""
         if state["phase"] == "intent":
             if state["data"]["step"] in ("description", "trigger", "model", "type"):
                 return await self._answer(state, text)
@@ -410,7 +411,7 @@ class Engine:
         state = await self._state(session)
         if not state["project"]:
             raise UserError("There is no project yet: the intent interview comes first.")
-        return await self._say(state, "check")
+        return await self.scripted(state, "check")
 
     async def tool_status(self, session: str) -> dict:
         """Facts about the session for the assistant's context: phase, project, intent, Gate 1."""

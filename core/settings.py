@@ -10,12 +10,12 @@ import os
 from pathlib import Path
 
 from PIL import Image
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LORATRAIN_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="LORATRAIN_", env_file=".env", extra="ignore", populate_by_name=True)
 
     grimoire: Path = Field(Path("grimoire"), description="Folder holding eye.md, studio.md and training/.")
     database: Path | None = Field(
@@ -39,7 +39,27 @@ class Settings(BaseSettings):
     quick_job_timeout: int = Field(600, gt=0, description="Seconds a quick job may run before it is failed.")
     discord_guild: int | None = Field(None, description="Discord server id to register /train in at once.")
     discord_token: SecretStr | None = Field(None, description="Discord bot token (only the bot needs it).")
-    anthropic_api_key: SecretStr | None = Field(None, description="Anthropic API key for Claude (optional).")
+    anthropic_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("LORATRAIN_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY"),
+        description="Anthropic API key for Claude (optional; without it the conversation is scripted).",
+    )
+    anthropic_base_url: str | None = Field(None, description="Messages API address; default: Anthropic's own.")
+    anthropic_model: str = Field("claude-sonnet-4-6", description="Claude model that holds the conversation.")
+    anthropic_max_tokens: int = Field(1024, gt=0, description="Longest answer Claude may write, in tokens.")
+    anthropic_timeout: float = Field(60.0, gt=0, description="Seconds to wait for one answer from Claude.")
+    anthropic_max_retries: int = Field(
+        3, ge=0, description="Retries when Claude is busy (429, overloaded, 5xx) before the guided mode takes over."
+    )
+    anthropic_history_tokens: int = Field(
+        8000, gt=0, description="About how many tokens of past conversation are sent with each message."
+    )
+    anthropic_input_usd_per_mtok: float = Field(
+        3.0, ge=0, description="Price per million input tokens, for the usage record (not billing)."
+    )
+    anthropic_output_usd_per_mtok: float = Field(
+        15.0, ge=0, description="Price per million output tokens, for the usage record (not billing)."
+    )
 
     @property
     def training_root(self) -> Path:

@@ -78,6 +78,28 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (session, key)
     );
     """,
+    # 4: Claude's side of each conversation (Messages API messages, so a restart keeps the thread of
+    # talk) and one line per Claude call with its tokens and cost.
+    """
+    CREATE TABLE conversation (
+        session TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+        content TEXT NOT NULL,
+        tokens INTEGER NOT NULL,
+        PRIMARY KEY (session, seq)
+    );
+    CREATE TABLE usage (
+        session TEXT NOT NULL,
+        project TEXT,
+        model TEXT NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        cost_usd REAL NOT NULL,
+        at TEXT NOT NULL
+    );
+    CREATE INDEX usage_by_project ON usage (project);
+    """,
 ]
 
 Keep = Literal["a", "b", "both"]
@@ -256,6 +278,57 @@ class Store:
     async def save_posted_message(self, session_id: str, key: str, message_id: str) -> None:
         await self.db.execute("INSERT OR REPLACE INTO posted_messages VALUES (?, ?, ?)", (session_id, key, message_id))
         await self.db.commit()
+
+    # Claude's conversation and what it cost -------------------------------------------------------
+
+    async def add_messages(self, session_id: str, messages: list[tuple[str, object, int]]) -> None:
+        """Append ``(role, content, tokens)`` messages after the session's last one."""
+        (last,) = await (
+            await self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM conversation WHERE session = ?", (session_id,))
+        ).fetchone()
+        await self.db.executemany(
+            "INSERT INTO conversation VALUES (?, ?, ?, ?, ?)",
+            [
+                (session_id, last + i, role, json.dumps(content), tokens)
+                for i, (role, content, tokens) in enumerate(messages, 1)
+            ],
+        )
+        await self.db.commit()
+
+    async def messages(self, session_id: str) -> list[dict]:
+        """The session's messages, oldest first: seq, role, content, tokens."""
+        rows = await (
+            await self.db.execute(
+                "SELECT seq, role, content, tokens FROM conversation WHERE session = ? ORDER BY seq", (session_id,)
+            )
+        ).fetchall()
+        return [{"seq": r[0], "role": r[1], "content": json.loads(r[2]), "tokens": r[3]} for r in rows]
+
+    async def forget_messages(self, session_id: str, through_seq: int) -> None:
+        await self.db.execute("DELETE FROM conversation WHERE session = ? AND seq <= ?", (session_id, through_seq))
+        await self.db.commit()
+
+    async def record_usage(
+        self, session_id: str, project: str | None, model: str, input_tokens: int, output_tokens: int, cost_usd: float
+    ) -> None:
+        await self.db.execute(
+            "INSERT INTO usage VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (session_id, project, model, input_tokens, output_tokens, cost_usd, _now()),
+        )
+        await self.db.commit()
+
+    async def usage_total(self, project: str) -> dict:
+        """Calls, tokens and cost for a project, counting the calls of its interview (made before the
+        project had its name) through the session that created it."""
+        row = await (
+            await self.db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0), "
+                "COALESCE(SUM(cost_usd), 0) FROM usage WHERE project = ? OR (project IS NULL AND session IN "
+                "(SELECT id FROM sessions WHERE project = ?))",
+                (project, project),
+            )
+        ).fetchone()
+        return {"calls": row[0], "input_tokens": row[1], "output_tokens": row[2], "cost_usd": row[3]}
 
 
 @asynccontextmanager

@@ -63,13 +63,15 @@ def redis_url(redis_server: str) -> Iterator[str]:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(grimoire=tmp_path / "grimoire", workers=1, _env_file=None)
+    return Settings(grimoire=tmp_path / "grimoire", workers=1, anthropic_api_key=None, _env_file=None)
 
 
 @pytest.fixture
 def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
     """Run ``loratrain ARGS`` against the test's own grimoire; returns (exit code, stdout, stderr)."""
     monkeypatch.setenv("LORATRAIN_WORKERS", "1")
+    for key in ("ANTHROPIC_API_KEY", "LORATRAIN_ANTHROPIC_API_KEY"):  # tests never reach the real API
+        monkeypatch.delenv(key, raising=False)
     monkeypatch.chdir(tmp_path)
 
     def run(*args: str) -> tuple[int, str, str]:
