@@ -19,12 +19,13 @@ from typing import Literal, Protocol
 from pydantic import BaseModel
 
 from core import intent as intents
+from core import resources
 from core.dataset.snapshot import set_aside
 from core.errors import UserError
 from core.events import DatasetChecked, Event, JobFailed, JobProgress, JobStarted
 from core.families import FAMILIES, Family
 from core.grimoire import Project
-from core.intent import CONTENT_STYLE_NOTES, DATASET_TARGETS, LoraType
+from core.intent import DATASET_TARGETS, LoraType
 from core.jobs import Job, inbox, job_id
 from core.names import check_project_name, check_trigger_word, suggest_trigger_word
 from core.settings import Settings
@@ -116,7 +117,13 @@ TYPE_TEXT = {
 }
 DUPLICATES_HURT = (
     "Training on duplicates makes the model memorise those exact pictures instead of learning what they "
-    "share, so let's keep one of each (resources/dataset/curation-guide.md)."
+    'share, so let\'s keep one of each (from resources/dataset/curation-guide.md, "Duplicates: why they go").'
+)
+QUALITY_WHY = 'Why these matter, and what to do about each: resources/dataset/curation-guide.md, "Quality problems".'
+GATES_WHY = (
+    "No training starts until all four gates pass (dataset, settings, environment, dry run): each one catches "
+    "a problem before it costs hours of GPU time (from resources/training/training-concepts.md, "
+    '"What the four gates protect against").'
 )
 
 
@@ -187,8 +194,9 @@ class Engine:
     def _ask_type(self, session: str, name: str) -> Choice:
         return Choice(
             ref="type",
-            prompt=f"Hi {name}! I'll help you teach an image model something new. First: what do you want it "
-            "to learn?\n" + "\n".join(f"- {t}" for t in TYPE_TEXT.values()),
+            prompt=f"Hi {name}! I'll help you teach an image model something new. "
+            f"{resources.quote('training/training-concepts.md')}\n\nFirst: what do you want it to learn?\n"
+            + "\n".join(f"- {t}" for t in TYPE_TEXT.values()),
             options=[Option(value=t.value, label=t.value.capitalize()) for t in TYPE_TEXT],
         )
 
@@ -240,10 +248,10 @@ class Engine:
             for name, family in studio_models(self.settings.grimoire):
                 models.setdefault(family, name)
             return Outcome(replies=[
-                Text(text=f"A {kind} LoRA, then. For a {kind}, {target} work best: {target.why} "
-                          "(resources/dataset/dataset-sizes.md)."),
-                Text(text=f"One thing to know now, because it's the most common reason LoRAs fail: "
-                          f"{CONTENT_STYLE_NOTES[kind]} (resources/dataset/content-style.md)"),
+                Text(text=f"A {kind} LoRA, then. For a {kind}, aim for {target}: {target.why}. "
+                          + resources.quote("dataset/dataset-sizes.md")),
+                Text(text="One thing to know now, because it's the most common reason LoRAs fail: "
+                          + resources.quote("dataset/content-style.md")),
                 Choice(ref="model", prompt="Which base model do you use?",
                        options=[Option(value=family.value, label=name) for family, name in models.items()]),
             ])  # fmt: skip
@@ -264,8 +272,9 @@ class Engine:
             suggestion = self._suggest_trigger(data)
             return Outcome(replies=[
                 Choice(ref="trigger", prompt=f"Last question: the trigger word, the word that switches your LoRA "
-                       f"on in a prompt. It should be a made-up word the model doesn't know yet. I suggest "
-                       f"`{suggestion}` — press the button, or type your own.",
+                       f"on in a prompt. I suggest `{suggestion}` — press the button, or type your own. It should be a "
+                       f"made-up word, because a real one already means something to the model and would pull "
+                       f"that meaning in (from resources/training/training-concepts.md, \"The trigger word\").",
                        options=[Option(value=suggestion, label=f"Use {suggestion}")]),
             ])  # fmt: skip
         trigger = check_trigger_word(value.strip().lower())
@@ -342,7 +351,7 @@ class Engine:
         replies: list[Reply] = [Progress(key=event.job, text="Checked", done=3, total=3)]
         if event.imported:
             replies.append(Text(text="\n".join(event.imported)))
-        replies.append(Text(text="\n".join(event.audit)))
+        replies.append(Text(text="\n".join([*event.audit, QUALITY_WHY])))
         if event.pairs:
             if not state["data"].get("explained_duplicates"):
                 replies.append(Text(text=DUPLICATES_HURT))
@@ -368,6 +377,7 @@ class Engine:
         else:
             head = "**Gate 1 (dataset): NO-GO** — " + "; ".join(event.gate_reasons) + "."
             head += "\n" + "\n".join(f"{i}. {fix}" for i, fix in enumerate(event.gate_fixes, 1))
+            head += "\n" + GATES_WHY
         return [Text(text=head), Attachment(path=event.report, caption="The full dataset report.")]
 
     async def _decide_duplicate(self, state: dict, action: Decide) -> Outcome:

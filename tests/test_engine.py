@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -23,10 +24,12 @@ class Conversation:
         self.settings, self.session, self.owner = settings, session, owner
         self.engine = Engine(settings, store)
         self.shown = []
+        self.history = []  # everything shown, for tests that read the whole conversation
         self.runner = InProcessRunner(settings, self.engine, self._show)
 
     async def _show(self, reply):
         self.shown.append(reply)
+        self.history.append(reply)
 
     async def start(self):
         await self.runner.deliver(await self.engine.start(self.session, self.owner, "Mira"))
@@ -222,3 +225,29 @@ async def test_check_takes_in_uploads_left_in_the_inbox(settings, painting):
     assert "Added 1 of 1 file(s)." in text(checked)
     assert (settings.training_root / "mira-object-1" / "dataset" / "left-behind.jpg").is_file()
     assert not left.exists()
+
+
+RECOMMENDS = re.compile(
+    r"\b(aim for|work best|should|I suggest|keep one|upscale|leave \w+ out|add at least|caption the|choose|"
+    r"remove or replace|consider)\b",
+    re.IGNORECASE,
+)
+REASON = re.compile(r"\b(because|so|why)\b|—|: ", re.IGNORECASE)
+
+
+async def test_every_recommendation_in_the_scripted_conversation_says_why_and_where_from(settings, painting):
+    async with open_store(settings.database_path) as store:
+        c = Conversation(settings, store)
+        await interview(c)
+        files = {f"pot {i}.jpg": jpeg_bytes(painting(i, (576, 512))) for i in range(4)}
+        files["pot 2 copy.jpg"] = jpeg_bytes(variant(painting(2, (576, 512)), "resized"))
+        checked = await c.act(c.upload(files))
+        pair = choices(checked)[-1]
+        await c.act(Decide(ref=pair.ref, value="b"))
+    shown = c.history
+    said = [r.text for r in shown if isinstance(r, Text)] + [r.prompt for r in shown if isinstance(r, Choice)]
+    recommendations = [s for s in said if RECOMMENDS.search(s) and not s.rstrip().endswith("?")]
+    assert len(recommendations) >= 5  # sizes, content-style, trigger, the audit, duplicates, the gate's fixes
+    for text_ in recommendations:
+        assert REASON.search(text_), f"no reason given: {text_!r}"
+        assert "resources/" in text_, f"no source cited: {text_!r}"

@@ -32,17 +32,22 @@ def decide(snapshot: Snapshot) -> GateOne:
         reasons.append("images are not captioned yet")
         fixes.append(
             "Caption the pictures (the next step): each caption says what is in the picture and how it "
-            f"is made, with `{snapshot.intent.trigger}` first."
+            f"is made, with `{snapshot.intent.trigger}` first, so the model can tell your subject from your "
+            "technique (resources/dataset/captioning-guide.md)."
         )
     elif missing := [f for f in usable if f not in captioned]:
         reasons.append(
             f"{len(missing)} of {len(usable)} pictures have no caption starting with `{snapshot.intent.trigger}`"
         )
-        fixes.append(f"Caption {names_list(missing)} with the trigger word first.")
+        fixes.append(
+            f"Caption {names_list(missing)} with the trigger word first: it is what calls the LoRA up, so every "
+            "picture must carry it (resources/dataset/captioning-guide.md)."
+        )
     if snapshot.unresolved:
         reasons.append(f"{len(snapshot.unresolved)} duplicate pair(s) are waiting for your decision")
         fixes.append(
-            "Choose which picture of each pair to keep: "
+            "Choose which picture of each pair to keep, because duplicates make the model memorise those pictures "
+            "(resources/dataset/curation-guide.md): "
             + "; ".join(
                 f"`loratrain resolve {snapshot.project.name} {p.a} {p.b} --keep a|b|both`" for p in snapshot.unresolved
             )
@@ -50,12 +55,18 @@ def decide(snapshot: Snapshot) -> GateOne:
         )
     if unusable:
         reasons.append(f"{len(unusable)} file(s) can't be used")
-        fixes.append(f"Remove or replace {names_list(unusable)} (see Quality Issues for each one's problem).")
+        fixes.append(
+            f"Remove or replace {names_list(unusable)}, because training tools can't read them (see Quality "
+            "Issues for each one's problem, and resources/dataset/curation-guide.md)."
+        )
     if len(usable) < target.low:
         reasons.append(
             f"{len(usable)} usable pictures, fewer than the {target.low} a {snapshot.intent.type} LoRA needs"
         )
-        fixes.append(f"Add at least {target.low - len(usable)} more pictures ({target}: {target.why}).")
+        fixes.append(
+            f"Add at least {target.low - len(usable)} more pictures, because a {snapshot.intent.type} needs {target}: "
+            f"{target.why} (resources/dataset/dataset-sizes.md)."
+        )
     return GateOne(passed=not reasons, reasons=reasons, fixes=fixes, fingerprint=snapshot.fingerprint())
 
 
