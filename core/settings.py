@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     )
     max_files_per_import: int = Field(2000, gt=0, description="Most files one import may bring in.")
     workers: int = Field(
-        max(1, os.cpu_count() or 1), ge=1, description="Processes used for auditing and hashing images."
+        max(1, os.cpu_count() or 1), ge=1, description="Threads used for checking and hashing pictures."
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the job queues and the event stream.")
     quick_queue: str = Field("loratrain:quick", description="arq queue for quick jobs (checks, reports).")
@@ -72,3 +72,15 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+
+def reference_table() -> str:
+    """The settings as a Markdown table (variable, default, meaning), for the README: generated from
+    this model so the documentation cannot drift from the code."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        names = alias.choices if isinstance(alias, AliasChoices) else [f"LORATRAIN_{name.upper()}"]
+        shown = "number of cores" if name == "workers" else "unset" if field.default is None else f"`{field.default}`"
+        rows.append(f"| {', '.join(f'`{n}`' for n in names)} | {shown} | {field.description} |")
+    return "\n".join(rows)

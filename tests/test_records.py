@@ -160,3 +160,10 @@ async def test_duplicate_decisions_read_the_same_whichever_way_round(tmp_path: P
         assert await store.duplicate_decisions("p") == 1
         await store.forget_project("p")
         assert await store.duplicate_decisions("p") == 0
+
+
+def test_the_readme_lists_every_setting_as_the_code_defines_it():
+    from core.settings import reference_table
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert reference_table() in readme
