@@ -42,15 +42,25 @@ class ChoiceButton(discord.ui.DynamicItem[discord.ui.Button], template=TEMPLATE)
 
     async def callback(self, interaction: discord.Interaction[LoraBot]) -> None:
         """Answer Discord first (it allows 3 s), then let the engine judge the press: it also decides
-        whether this person may press it at all."""
+        whether this person may press it at all. Adjust answers with a box to edit the caption in (a
+        modal must be the first answer, so it comes before any work)."""
+        if self.value == "adjust":
+            caption = await interaction.client.engine.caption_offered(self.session, self.ref, str(interaction.user.id))
+            if caption is not None:  # else the engine explains (not yours, or already decided)
+                await interaction.response.send_modal(AdjustCaption(self, caption))
+                return
         await interaction.response.defer()
         bot = interaction.client
         async with bot.session_lock(self.session):
-            action = Decide(ref=self.ref, value=self.value)
-            outcome = await bot.engine.handle(self.session, str(interaction.user.id), action)
-            if any(not (isinstance(reply, Text) and reply.private) for reply in outcome.replies):
-                await self._close(interaction)
-            await bot.deliver(interaction.channel, outcome, private=followup_to(interaction))
+            await self.decide(interaction, Decide(ref=self.ref, value=self.value))
+
+    async def decide(self, interaction: discord.Interaction[LoraBot], action: Decide) -> None:
+        """Hand the press to the engine (holding the session's lock) and show what it answers."""
+        bot = interaction.client
+        outcome = await bot.engine.handle(self.session, str(interaction.user.id), action)
+        if any(not (isinstance(reply, Text) and reply.private) for reply in outcome.replies):
+            await self._close(interaction)
+        await bot.deliver(interaction.channel, outcome, private=followup_to(interaction))
 
     async def _close(self, interaction: discord.Interaction) -> None:
         """Grey out the question's buttons once it is answered, keeping the pressed one marked."""
@@ -64,6 +74,24 @@ class ChoiceButton(discord.ui.DynamicItem[discord.ui.Button], template=TEMPLATE)
             await interaction.edit_original_response(view=self.view)
         except discord.HTTPException as err:
             log.warning("Could not disable the buttons of message %s: %s", interaction.message.id, err)
+
+
+class AdjustCaption(discord.ui.Modal, title="Adjust the caption"):
+    """The caption, pre-filled, for the artist to rewrite; what they submit becomes the sample's caption
+    and an example for the rest."""
+
+    def __init__(self, button: ChoiceButton, caption: str):
+        super().__init__(timeout=None)
+        self.button = button
+        self.caption = discord.ui.TextInput(
+            label="Caption", style=discord.TextStyle.long, default=caption[:4000], max_length=4000
+        )
+        self.add_item(self.caption)
+
+    async def on_submit(self, interaction: discord.Interaction[LoraBot]) -> None:
+        await interaction.response.defer()
+        async with interaction.client.session_lock(self.button.session):
+            await self.button.decide(interaction, Decide(ref=self.button.ref, value="adjust", text=self.caption.value))
 
 
 def choice_view(session: str, choice: Choice) -> discord.ui.View:

@@ -8,16 +8,14 @@ When Claude can't be reached, the scripted conversation answers and the artist i
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import random
 import re
 
 import anthropic
 from anthropic.types import Message, ToolUseBlock
 
-from core import resources
+from core import claude_api, resources
 from core.engine import Engine, Outcome, Text
 from core.errors import UserError
 from core.families import Family
@@ -27,7 +25,6 @@ from core.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_ROUNDS = 6  # Claude calls per artist message: room for a few tool steps, and a bound on cost
-MAX_WAIT = 20.0  # seconds; asked to wait longer, the guided mode answers instead of keeping the artist waiting
 SILENT = "(no further reply)"  # stands in for an empty answer after tools: the API refuses empty messages
 UNAVAILABLE = (
     "My conversational assistant isn't available right now, so I'll carry on in guided mode (questions and "
@@ -102,11 +99,7 @@ class ClaudeAssistant:
 
     def __init__(self, settings: Settings, first_delay: float = 0.5):
         self.settings, self.first_delay = settings, first_delay
-        key = settings.anthropic_api_key.get_secret_value() if settings.anthropic_api_key else None
-        # Retries are ours (below): the SDK's would wait out long outages while the artist waits.
-        self.client = anthropic.AsyncAnthropic(
-            api_key=key, base_url=settings.anthropic_base_url, timeout=settings.anthropic_timeout, max_retries=0
-        )
+        self.client = claude_api.make_client(settings)
         self._told: set[str] = set()  # sessions already told that Claude is unavailable
 
     async def converse(self, engine: Engine, state: dict, text: str) -> Outcome | None:
@@ -156,37 +149,7 @@ class ClaudeAssistant:
     # One call to Claude, retried while it is busy ----------------------------------------------
 
     async def _create(self, **request) -> Message:
-        attempt = 0
-        while True:
-            try:
-                return await self.client.messages.create(
-                    model=self.settings.anthropic_model,
-                    max_tokens=self.settings.anthropic_max_tokens,
-                    tools=TOOLS,
-                    **request,
-                )
-            except anthropic.APIStatusError as err:
-                delay = self._retry_delay(err, attempt)
-                if delay is None:
-                    raise
-                attempt += 1
-                await asyncio.sleep(delay)
-
-    def _retry_delay(self, err: anthropic.APIStatusError, attempt: int) -> float | None:
-        """Seconds to wait before trying again (the server's retry-after, else exponential backoff with
-        jitter), or None when the error won't pass by waiting or the retries are spent."""
-        if not (err.status_code == 429 or err.status_code >= 500) or attempt >= self.settings.anthropic_max_retries:
-            return None
-        headers = err.response.headers
-        for name, unit in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-            try:
-                delay = float(headers[name]) * unit
-                break
-            except (KeyError, ValueError):
-                continue
-        else:
-            delay = self.first_delay * 2**attempt * random.uniform(0.75, 1.0)
-        return delay if delay <= MAX_WAIT else None
+        return await claude_api.create(self.client, self.settings, self.first_delay, tools=TOOLS, **request)
 
     # What Claude is told -------------------------------------------------------------------------
 
@@ -217,15 +180,9 @@ class ClaudeAssistant:
         return [{"role": r["role"], "content": r["content"]} for r in rows[first:]]
 
     async def _record_usage(self, engine: Engine, session: str, message: Message) -> None:
-        s, usage = self.settings, message.usage
-        cost = (
-            usage.input_tokens * s.anthropic_input_usd_per_mtok + usage.output_tokens * s.anthropic_output_usd_per_mtok
-        ) / 1e6
         state = await engine.store.session(session)
         project = state["project"] if state else None
-        await engine.store.record_usage(
-            session, project, s.anthropic_model, usage.input_tokens, usage.output_tokens, cost
-        )
+        await claude_api.record_usage(engine.store, self.settings, session, project, message)
 
     # The tools -----------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from core.assistant import make_assistant
 from core.engine import Attachment as FileReply
 from core.engine import Choice, Decide, Engine, Picture, Progress, Reply, Say, Text, Upload
+from core.grimoire import Project
 from core.runner import InProcessRunner
 from core.settings import Settings
 from core.store import open_store
@@ -36,7 +37,15 @@ def _paths(text: str) -> list[Path]:
     return [whole] if whole.exists() else [Path(w).expanduser() for w in rest.split()]
 
 
-async def chat(settings: Settings, session: str, user: str, lines: Iterator[str], out: Callable[[str], None]) -> None:
+async def chat(
+    settings: Settings,
+    session: str,
+    user: str,
+    lines: Iterator[str],
+    out: Callable[[str], None],
+    first: Decide | None = None,
+) -> None:
+    """Talk until the lines run out (or 'quit'); ``first`` is a button pressed before anything is typed."""
     options: dict[str, tuple[str, str]] = {}  # number typed → (choice ref, option value)
     numbers = itertools.count(1)
     uploads = 0
@@ -61,6 +70,8 @@ async def chat(settings: Settings, session: str, user: str, lines: Iterator[str]
         engine = Engine(settings, store, make_assistant(settings))
         runner = InProcessRunner(settings, engine, show)
         await runner.deliver(await engine.start(session, user, user))
+        if first is not None:
+            await runner.deliver(await engine.handle(session, user, first))
         for line in lines:
             text = line.strip()
             if text.lower() in QUIT:
@@ -70,7 +81,11 @@ async def chat(settings: Settings, session: str, user: str, lines: Iterator[str]
             paths = _paths(text)
             if text in options:
                 ref, value = options.pop(text)
-                action: Say | Upload | Decide = Decide(ref=ref, value=value)
+                typed = None
+                if value == "adjust":  # the terminal's version of Discord's Adjust box
+                    out("Type the caption as you'd like it:")
+                    typed = next(lines, "")
+                action: Say | Upload | Decide = Decide(ref=ref, value=value, text=typed)
             elif paths and all(p.exists() for p in paths):
                 uploads += 1
                 staged, refused = [], []
@@ -83,3 +98,16 @@ async def chat(settings: Settings, session: str, user: str, lines: Iterator[str]
             else:
                 action = Say(text=text)
             await runner.deliver(await engine.handle(session, user, action))
+
+
+async def caption_review(settings: Settings, project: Project, user: str, offline: bool, lines: Iterator[str],
+                         out: Callable[[str], None]) -> None:  # fmt: skip
+    """``loratrain caption NAME``: the sample review and batch captioning of a project made with
+    ``loratrain new``, as a terminal conversation of its own (``--offline``: the local analyzer only)."""
+    session = f"terminal-captions-{project.name}"
+    async with open_store(settings.database_path) as store:
+        state = await store.session(session)
+        data = (state or {}).get("data") or {"step": "done", "owner_name": user}
+        await store.save_session(session, user, project.name, "collect", {**data, "offline": offline})
+        await store.offer_choice(session, "captions", {})
+    await chat(settings, session, user, lines, out, first=Decide(ref="captions", value="start"))

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from core import intent as intents
-from core.chat import chat
+from core.chat import caption_review, chat
 from core.dataset.audit import audit_folder
 from core.dataset.curate import curate
 from core.dataset.duplicates import find_duplicates
@@ -119,6 +119,12 @@ async def cmd_chat(settings: Settings, args: argparse.Namespace) -> None:
     await chat(settings, args.session or f"terminal-{user}", user, _input_lines(), print)
 
 
+async def cmd_caption(settings: Settings, args: argparse.Namespace) -> None:
+    project = Project.existing(settings, args.name)
+    print("Caption review — type a number to pick an option, 'quit' to stop (you can come back later).")
+    await caption_review(settings, project, getpass.getuser(), args.offline, _input_lines(), print)
+
+
 def _input_lines() -> Iterator[str]:
     while True:
         try:
@@ -188,6 +194,11 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write dataset-report.md and decide Gate 1")
     p.add_argument("name", help="project name")
     p.set_defaults(run=cmd_report)
+
+    p = sub.add_parser("caption", help="write captions: review 5 samples, then the rest are captioned")
+    p.add_argument("name", help="project name")
+    p.add_argument("--offline", action="store_true", help="use the local picture analyzer only (no Claude)")
+    p.set_defaults(run=cmd_caption)
 
     p = sub.add_parser("chat", help="talk to the Training Specialist in this terminal (no Discord needed)")
     p.add_argument("--session", help="conversation to resume (default: terminal-USER)")

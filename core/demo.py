@@ -2,7 +2,8 @@
 
 It plays the artist: makes a folder of sample paintings (with a near-duplicate, a picture that is
 too small, a file cut off partway and a text file posing as a JPEG, on purpose), then runs
-new → add → audit → dupes → curate → report, printing each step as the artist would read it.
+new → add → audit → dupes → curate → report → caption → report, printing each step as the artist would
+read it (the captions are written by the local analyzer; the demo approves the samples, and says so).
 No network, token or GPU.
 """
 
@@ -14,7 +15,8 @@ import tempfile
 from pathlib import Path
 
 from core import intent as intents
-from core.dataset.curate import curate
+from core.captions import propose, write_caption
+from core.dataset.curate import curate, most_varied
 from core.dataset.explain import audit_lines, curation_lines, duplicate_lines
 from core.dataset.importer import import_paths
 from core.dataset.report import write_report
@@ -22,6 +24,7 @@ from core.dataset.snapshot import resolve, take
 from core.families import Family
 from core.grimoire import Project
 from core.intent import LoraType
+from core.jobs import SAMPLES
 from core.samples import scene, variant, write_jpeg
 from core.settings import Settings
 from core.store import open_store
@@ -43,7 +46,7 @@ def make_samples(folder: Path) -> None:
 
 
 def _step(number: int, title: str) -> None:
-    print(f"\n── Step {number} of 6: {title} " + "─" * max(0, 60 - len(title)))
+    print(f"\n── Step {number} of 8: {title} " + "─" * max(0, 60 - len(title)))
 
 
 async def _run(settings: Settings, artist_folder: Path) -> None:
@@ -91,12 +94,36 @@ async def _run(settings: Settings, artist_folder: Path) -> None:
         _step(6, "Gate 1: the dataset report (report)")
         gate, path = await write_report(snapshot, curation, store)
         print(f"Gate 1 (dataset): {'GO' if gate.passed else 'NO-GO'} — " + ("; ".join(gate.reasons) or "ready") + ".")
+
+        _step(7, "captions: samples first, then the rest (caption)")
+        await _caption(settings, store, project, intent, snapshot)
+
+        _step(8, "Gate 1 again, with captions (report)")
+        snapshot = await take(project, intent, settings, store)
+        gate, path = await write_report(snapshot, curate(snapshot), store)
+        print(f"Gate 1 (dataset): {'GO' if gate.passed else 'NO-GO'} — " + ("; ".join(gate.reasons) or "ready") + ".")
         print(f"Written: {path}")
-        print(
-            "\nNext (coming in later steps of loratrain): captions, training settings, environment check, "
-            "dry run, training."
-        )
+        print("\nNext (coming in later steps of loratrain): training settings, environment check, dry run, training.")
         print(f"Everything is recorded under {project.root.resolve()}")
+
+
+async def _caption(settings: Settings, store, project: Project, intent, snapshot) -> None:
+    """Step 7 as a scripted artist: review the samples (the demo approves each, and says so), then
+    caption the rest with the approved samples as examples. Offline: the local analyzer writes them."""
+    todo = [f for f in snapshot.usable if f not in snapshot.captioned()]
+    samples = await propose(settings, store, project, intent, most_varied(snapshot, todo, SAMPLES), [], offline=True)
+    for number, sample in enumerate(samples, 1):
+        print(f"Sample {number} of {len(samples)}: {sample.file}\n  Caption: {sample.caption}")
+        print("  Does this capture both what's in the image AND how it's painted? [Approve] [Adjust] [Skip]")
+        print("  (the demo plays the artist and presses Approve)")
+        write_caption(project, sample.file, sample.caption, intent.trigger)
+        await store.record_caption(project.name, sample.file, sample.caption, sample.source, "approved")
+    rest = [f for f in todo if f not in {s.file for s in samples}]
+    examples = await store.approved_examples(project.name)
+    for proposal in await propose(settings, store, project, intent, rest, examples, offline=True):
+        write_caption(project, proposal.file, proposal.caption, intent.trigger)
+        await store.record_caption(project.name, proposal.file, proposal.caption, proposal.source, "batch")
+    print(f"Captioned the other {len(rest)} pictures; each caption is a .txt file beside its picture.")
 
 
 def run_demo(settings: Settings) -> None:

@@ -12,6 +12,7 @@ Phases follow the seed (``PHASES``); this release carries the project from the i
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Literal, Protocol
@@ -20,13 +21,14 @@ from pydantic import BaseModel
 
 from core import intent as intents
 from core import resources
+from core.captions import write_caption
 from core.dataset.snapshot import set_aside
 from core.errors import UserError
-from core.events import DatasetChecked, Event, JobFailed, JobProgress, JobStarted
+from core.events import CaptionsProposed, CaptionsWritten, DatasetChecked, Event, JobFailed, JobProgress, JobStarted
 from core.families import FAMILIES, Family
 from core.grimoire import Project
 from core.intent import DATASET_TARGETS, LoraType
-from core.jobs import Job, inbox, job_id
+from core.jobs import SAMPLES, Job, inbox, job_id
 from core.names import check_project_name, check_trigger_word, suggest_trigger_word
 from core.settings import Settings
 from core.store import Store
@@ -57,6 +59,7 @@ class Decide(BaseModel):
     kind: Literal["decide"] = "decide"
     ref: str  # which offered choice
     value: str  # which option
+    text: str | None = None  # what the artist typed with it (an adjusted caption)
 
 
 # What to show ----------------------------------------------------------------------------------
@@ -115,6 +118,16 @@ TYPE_TEXT = {
     LoraType.style: "**A style** — how you paint: brushwork, colour palette, lighting, composition.",
     LoraType.object: "**An object or concept** — a specific thing, like a logo or a prop.",
 }
+CAPTION_EDIT = re.compile(r"caption\s+(?P<file>[^\s:]+)\s*:\s*(?P<caption>.+)", re.IGNORECASE | re.DOTALL)
+CAPTIONS_NEXT = (
+    "Next come the captions: each one says what is in the picture and how it is made, with your trigger word "
+    "first, so the model can tell your subject from your technique (resources/dataset/captioning-guide.md). "
+    "When all your pictures are in, shall I start?"
+)
+ANALYZER_ONLY = (
+    "I'm captioning without Claude, so I can describe how each picture is made (palette, light, edges, texture) "
+    "but not what is in it. Press Adjust to add what's in the picture; I'll follow your wording for the rest."
+)
 DUPLICATES_HURT = (
     "Training on duplicates makes the model memorise those exact pictures instead of learning what they "
     'share, so let\'s keep one of each (from resources/dataset/curation-guide.md, "Duplicates: why they go").'
@@ -125,6 +138,18 @@ GATES_WHY = (
     "a problem before it costs hours of GPU time (from resources/training/training-concepts.md, "
     '"What the four gates protect against").'
 )
+
+
+def _with_trigger(caption: str, trigger: str) -> tuple[str, bool]:
+    """The caption on one line with the trigger word as its first comma-separated part (what Gate 1
+    and kohya's keep_tokens count), and whether the word had to be added."""
+    caption = " ".join(caption.split())
+    first, _, rest = caption.partition(",")
+    if first.strip().lower() == trigger:
+        return caption, False
+    if first.lower().startswith(trigger + " "):  # "mirastyle painting of…" → "mirastyle, painting of…"
+        return f"{trigger}, {caption[len(trigger) :].strip()}", False
+    return f"{trigger}, {caption}", True
 
 
 def _slug(text: str) -> str:
@@ -182,11 +207,15 @@ class Engine:
         if state is None:
             return Outcome()
         if isinstance(event, JobStarted):
-            return Outcome(replies=[Progress(key=event.job, text=event.text, done=0, total=3)])
+            return Outcome(replies=[Progress(key=event.job, text=event.text, done=0, total=event.total)])
         if isinstance(event, JobProgress):
             return Outcome(replies=[Progress(key=event.job, text=event.text, done=event.done, total=event.total)])
         if isinstance(event, JobFailed):
             return Outcome(replies=[Progress(key=event.job, text="Stopped", done=0, total=3), Text(text=event.message)])
+        if isinstance(event, CaptionsProposed):
+            return await self._proposed(state, event)
+        if isinstance(event, CaptionsWritten):
+            return await self._written(state, event)
         return await self._checked(state, event)
 
     # Phase 1: the intent interview -------------------------------------------------------------
@@ -205,6 +234,10 @@ class Engine:
             return Outcome(replies=[Text(text="That button isn't one of mine.", private=True)])
         if action.ref.startswith("dup:"):
             return await self._decide_duplicate(state, action)
+        if action.ref.startswith("cap:"):
+            return await self._decide_caption(state, action)
+        if action.ref == "captions":
+            return await self._start_captions(state)
         step = state["data"].get("step") if state["phase"] == "intent" else None
         if action.ref != step:
             return Outcome(replies=[Text(text="That question has already been answered.", private=True)])
@@ -219,6 +252,8 @@ class Engine:
                 return await self._answer(state, text)
         if text.lower() in ("status", "where are we", "?"):
             return Outcome(replies=[Text(text=await self._where_we_are(state))])
+        if (edit := CAPTION_EDIT.fullmatch(text)) and state["project"]:
+            return await self._edit_caption(state, edit["file"], edit["caption"])
         if text.lower() in ("check", "report", "recheck") and state["project"]:
             left = sorted(p for p in inbox(self.settings, state["id"]).rglob("*") if p.is_file())
             return self._check(state, staged=left)
@@ -368,6 +403,12 @@ class Engine:
         else:
             replies += self._gate_summary(event)
             state["phase"] = "collect"
+            if not event.gate_passed and event.usable and not await self.store.open_choices(state["id"], "cap"):
+                ref = "captions"
+                await self.store.offer_choice(state["id"], ref, {})
+                replies.append(
+                    Choice(ref=ref, prompt=CAPTIONS_NEXT, options=[Option(value="start", label="Start captions")])
+                )
         await self._save(state)
         return Outcome(replies=replies)
 
@@ -400,6 +441,119 @@ class Engine:
             outcome.replies.append(Text(text="All duplicates decided — updating the dataset report."))
             outcome.jobs = self._check(state, []).jobs
         return outcome
+
+    # Phase 4: captions ---------------------------------------------------------------------------
+
+    async def _start_captions(self, state: dict) -> Outcome:
+        if await self.store.take_choice(state["id"], "captions") is None or not state["project"]:
+            return Outcome(replies=[Text(text="Captioning has already started.", private=True)])
+        state["data"]["caption_round"] = state["data"].get("caption_round", 0) + 1
+        state["phase"] = "captions"
+        await self._save(state)
+        job = self._job("caption_samples", state, state["data"]["caption_round"])
+        why = (
+            f"Writing {SAMPLES} sample captions for you to check first: the pictures that differ most from each "
+            "other, so we agree on the wording for every kind of picture (resources/dataset/captioning-guide.md)."
+        )
+        return Outcome(replies=[Text(text=why)], jobs=[job])
+
+    async def _proposed(self, state: dict, event: CaptionsProposed) -> Outcome:
+        replies: list[Reply] = [Progress(key=event.job, text="Samples written", done=len(event.samples),
+                                         total=len(event.samples))]  # fmt: skip
+        if any(s.source == "analyzer" for s in event.samples):
+            replies.append(Text(text=ANALYZER_ONLY))
+        for number, sample in enumerate(event.samples, 1):
+            ref = f"cap:{hashlib.sha256(f'{event.id}:{sample.file}'.encode()).hexdigest()[:16]}"
+            await self.store.offer_choice(state["id"], ref, sample.model_dump())
+            note = f"\n⚠️ {sample.problem}" if sample.problem else ""
+            replies.append(
+                Picture(path=sample.picture, caption=f"Sample {number} of {len(event.samples)}: `{sample.file}`")
+            )
+            content = ", ".join(sample.content) or "(not described yet)"
+            style = ", ".join(sample.style) or "(not described yet)"
+            prompt = (
+                f"**Caption**: `{sample.caption}`\n**What's in it**: {content}\n**How it's made**: {style}{note}\n"
+                "Does this capture both what's in the image AND how it's painted?"
+            )
+            options = [Option(value=v, label=v.capitalize()) for v in ("approve", "adjust", "skip")]
+            replies.append(Choice(ref=ref, prompt=prompt, options=options))
+        state["phase"] = "captions"
+        await self._save(state)
+        return Outcome(replies=replies)
+
+    async def caption_offered(self, session: str, ref: str, actor: str) -> str | None:
+        """The caption a sample's Adjust starts from (the Discord box is filled with it); None when
+        ``actor`` may not adjust it (not the owner, or already decided), so the press goes the usual way."""
+        state = await self.store.session(session)
+        sample = await self.store.open_choice(session, ref) if state and state["owner"] == actor else None
+        return sample["caption"] if sample else None
+
+    async def _decide_caption(self, state: dict, action: Decide) -> Outcome:
+        sample = await self.store.take_choice(state["id"], action.ref)
+        if sample is None:
+            return Outcome(replies=[Text(text="You've already decided about that caption.", private=True)])
+        if action.value == "adjust" and not (action.text or "").strip():
+            await self.store.offer_choice(state["id"], action.ref, sample)
+            return Outcome(replies=[Text(text="Type the caption as you'd like it.", private=True)])
+        if action.value not in ("approve", "adjust", "skip"):
+            await self.store.offer_choice(state["id"], action.ref, sample)
+            return Outcome(replies=[Text(text="Please choose Approve, Adjust or Skip.", private=True)])
+        project = Project.existing(self.settings, state["project"])
+        trigger = intents.load(project).trigger
+        file = sample["file"]
+        if action.value == "skip":
+            await self.store.record_caption(project.name, file, sample["caption"], sample["source"], "skipped")
+            replies = [Text(text=f"Skipped `{file}` as a sample; it will be captioned with the rest.")]
+        else:
+            caption, prefixed = _with_trigger(action.text or sample["caption"], trigger)
+            write_caption(project, file, caption, trigger)
+            source = "artist" if action.value == "adjust" else sample["source"]
+            status = "adjusted" if action.value == "adjust" else "approved"
+            await self.store.record_caption(project.name, file, caption, source, status)
+            said = "Approved" if status == "approved" else "Noted — I'll use your wording for the rest"
+            replies = [
+                Text(
+                    text=f"{said}: `{caption}`"
+                    + (
+                        f" (I put the trigger word `{trigger}` first: every caption starts with it.)"
+                        if prefixed
+                        else ""
+                    )
+                )
+            ]
+        if await self.store.open_choices(state["id"], "cap:"):
+            return Outcome(replies=replies)
+        job = self._job("caption_batch", state, state["data"].get("caption_round", 0))
+        replies.append(Text(text="Samples done — captioning the rest now, in the wording we agreed. I'll tell you "
+                                 "when it's done."))  # fmt: skip
+        return Outcome(replies=replies, jobs=[job])
+
+    async def _edit_caption(self, state: dict, file: str, caption: str) -> Outcome:
+        """The artist rewrites any caption, any time ('caption FILE: text'); Gate 1 sees the change."""
+        project = Project.existing(self.settings, state["project"])
+        trigger = intents.load(project).trigger
+        caption, _ = _with_trigger(caption, trigger)
+        write_caption(project, file, caption, trigger)
+        await self.store.record_caption(project.name, file, caption, "artist", "adjusted")
+        return Outcome(replies=[Text(text=f"Saved the caption of `{file}`: `{caption}`. Type **check** to update "
+                                          "the dataset report.")])  # fmt: skip
+
+    async def _written(self, state: dict, event: CaptionsWritten) -> Outcome:
+        replies: list[Reply] = [Progress(key=event.job, text="Captioned", done=event.written, total=event.written),
+                                Text(text=f"Captioned {event.written} more picture(s).")]  # fmt: skip
+        if event.problems:
+            replies.append(Text(text="For these I used my own picture analysis, as Claude couldn't help:\n"
+                                     + "\n".join(f"- {p}" for p in event.problems)))  # fmt: skip
+        replies.append(Text(text="Every caption is in a .txt file beside its picture; you can change any of them "
+                                 "by typing `caption FILE: new caption`. Checking the dataset again now."))  # fmt: skip
+        state["data"]["revision"] = state["data"].get("revision", 0) + 1
+        state["phase"] = "collect"
+        await self._save(state)
+        return Outcome(replies=replies, jobs=self._check(state, []).jobs)
+
+    def _job(self, name: str, state: dict, *inputs: object) -> Job:
+        return Job(name=name, id=job_id(name, state["project"], *inputs), session=state["id"],
+                   project=state["project"], args={"offline": bool(state["data"].get("offline"))})  # fmt: skip
 
     # What an assistant may do: the same validated steps the buttons take, and nothing more -------
     # (No tool marks a gate passed or starts training: gates are decided by the jobs that check them.)

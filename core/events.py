@@ -27,6 +27,7 @@ class _Event(BaseModel):
 class JobStarted(_Event):
     kind: Literal["job_started"] = "job_started"
     text: str
+    total: int = 3  # steps (or pictures) the job will report progress against
 
 
 class JobProgress(_Event):
@@ -64,7 +65,35 @@ class DatasetChecked(_Event):
     usable: int
 
 
-Event = Annotated[JobStarted | JobProgress | JobFailed | DatasetChecked, Field(discriminator="kind")]
+class ProposedCaption(BaseModel):
+    file: str
+    caption: str
+    content: list[str]
+    style: list[str]
+    source: str  # "claude" or "analyzer"
+    problem: str | None = None  # why Claude could not caption it, in plain words
+    picture: str  # the picture's path, to show beside its caption
+
+
+class CaptionsProposed(_Event):
+    """Sample captions for the artist to approve, adjust or skip before the rest are written."""
+
+    kind: Literal["captions_proposed"] = "captions_proposed"
+    samples: list[ProposedCaption]
+
+
+class CaptionsWritten(_Event):
+    """The batch captioning is done."""
+
+    kind: Literal["captions_written"] = "captions_written"
+    written: int
+    problems: list[str]  # plain sentences for pictures Claude could not caption (the analyzer stood in)
+
+
+Event = Annotated[
+    JobStarted | JobProgress | JobFailed | DatasetChecked | CaptionsProposed | CaptionsWritten,
+    Field(discriminator="kind"),
+]
 EVENT = TypeAdapter(Event)
 Publish = Callable[[Event], Awaitable[None]]
 

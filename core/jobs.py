@@ -13,14 +13,25 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from core import intent as intents
-from core.dataset.curate import curate
+from core.captions import propose, read_caption, write_caption
+from core.dataset.curate import curate, most_varied
 from core.dataset.explain import audit_lines
 from core.dataset.importer import import_paths
 from core.dataset.report import write_report
 from core.dataset.sidebyside import side_by_side
 from core.dataset.snapshot import take
 from core.errors import UserError
-from core.events import DatasetChecked, JobFailed, JobProgress, JobStarted, PairToDecide, Publish
+from core.events import (
+    CaptionsProposed,
+    CaptionsWritten,
+    DatasetChecked,
+    JobFailed,
+    JobProgress,
+    JobStarted,
+    PairToDecide,
+    ProposedCaption,
+    Publish,
+)
 from core.grimoire import Project, inside
 from core.settings import Settings
 from core.store import open_store
@@ -94,8 +105,85 @@ async def dataset_check(settings: Settings, job: Job, publish: Publish) -> Datas
     return event
 
 
-JOBS = {"dataset_check": dataset_check}
-DOING = {"dataset_check": "checking your pictures"}  # what each job does, for its failure message
+SAMPLES = 5  # captions the artist reviews before the rest are written (the seed's rule)
+
+
+async def caption_samples(settings: Settings, job: Job, publish: Publish) -> None:
+    """Propose captions for the few uncaptioned pictures that best cover the dataset's variety."""
+    project = Project.existing(settings, job.project)
+    intent = intents.load(project)
+    async with open_store(settings.database_path) as store:
+        snapshot = await take(project, intent, settings, store)
+        todo = [f for f in snapshot.usable if f not in snapshot.captioned()]
+        samples = most_varied(snapshot, todo, SAMPLES)
+        common = {"session": job.session, "project": job.project, "job": job.id}
+        await publish(JobStarted(id=f"{job.id}:started", text="Writing sample captions", total=len(samples), **common))
+        proposals = await propose(
+            settings,
+            store,
+            project,
+            intent,
+            samples,
+            await store.approved_examples(project.name),
+            offline=job.args.get("offline", False),
+            progress=_progress(job, publish, "Writing sample captions"),
+        )
+        for p in proposals:
+            await store.record_caption(project.name, p.file, p.caption, p.source, "proposed")
+    samples_out = [ProposedCaption(**p.model_dump(), picture=str(project.dataset_dir / p.file)) for p in proposals]
+    await publish(CaptionsProposed(id=f"{job.id}:proposed", samples=samples_out, **common))
+
+
+async def caption_batch(settings: Settings, job: Job, publish: Publish) -> None:
+    """Caption every usable picture still without a caption, with the approved samples as examples.
+    Pictures captioned since (a re-run, or the artist's own) are left as they are."""
+    project = Project.existing(settings, job.project)
+    intent = intents.load(project)
+    async with open_store(settings.database_path) as store:
+        snapshot = await take(project, intent, settings, store)
+        todo = [f for f in snapshot.usable if read_caption(project, f) is None]
+        common = {"session": job.session, "project": job.project, "job": job.id}
+        await publish(JobStarted(id=f"{job.id}:started", text="Captioning", total=len(todo), **common))
+        proposals = await propose(
+            settings,
+            store,
+            project,
+            intent,
+            todo,
+            await store.approved_examples(project.name),
+            offline=job.args.get("offline", False),
+            progress=_progress(job, publish, "Captioning"),
+        )
+        for p in proposals:
+            write_caption(project, p.file, p.caption, intent.trigger)
+            await store.record_caption(project.name, p.file, p.caption, p.source, "batch")
+    problems = [f"{p.file}: {p.problem}" for p in proposals if p.problem]
+    await publish(CaptionsWritten(id=f"{job.id}:written", written=len(proposals), problems=problems, **common))
+
+
+def _progress(job: Job, publish: Publish, text: str):
+    async def report(done: int, total: int) -> None:
+        await publish(
+            JobProgress(
+                id=f"{job.id}:progress:{done}",
+                session=job.session,
+                project=job.project,
+                job=job.id,
+                text=text,
+                done=done,
+                total=total,
+            )
+        )
+
+    return report
+
+
+JOBS = {"dataset_check": dataset_check, "caption_samples": caption_samples, "caption_batch": caption_batch}
+DOING = {  # what each job does, for its failure message
+    "dataset_check": "checking your pictures",
+    "caption_samples": "writing sample captions",
+    "caption_batch": "captioning your pictures",
+}
 FAILED = "Something went wrong while {doing}. Your pictures and decisions are safe; please try again in a moment."
 
 

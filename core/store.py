@@ -100,9 +100,24 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX usage_by_project ON usage (project);
     """,
+    # 5: every caption a picture has had (proposed, approved, adjusted, skipped, written in the batch), so the
+    # artist's approved wording can guide the next captions and any caption can be traced to its source.
+    """
+    CREATE TABLE caption_history (
+        project TEXT NOT NULL,
+        file TEXT NOT NULL,
+        text TEXT NOT NULL,
+        source TEXT NOT NULL CHECK (source IN ('claude', 'analyzer', 'artist')),
+        status TEXT NOT NULL CHECK (status IN ('proposed', 'approved', 'adjusted', 'skipped', 'batch')),
+        at TEXT NOT NULL
+    );
+    CREATE INDEX caption_history_by_file ON caption_history (project, file);
+    """,
 ]
 
 Keep = Literal["a", "b", "both"]
+CaptionSource = Literal["claude", "analyzer", "artist"]
+CaptionStatus = Literal["proposed", "approved", "adjusted", "skipped", "batch"]
 
 
 def _now() -> str:
@@ -130,7 +145,7 @@ class Store:
         await self.db.commit()
 
     async def forget_project(self, project: str) -> None:
-        for table in ("images", "duplicate_decisions", "gate_results"):
+        for table in ("images", "duplicate_decisions", "gate_results", "caption_history"):
             await self.db.execute(f"DELETE FROM {table} WHERE project = ?", (project,))
         await self.db.commit()
 
@@ -231,6 +246,13 @@ class Store:
         )
         await self.db.commit()
 
+    async def open_choice(self, session_id: str, ref: str) -> dict | None:
+        """The payload of an offered choice that is still open (left in place)."""
+        row = await (
+            await self.db.execute("SELECT payload FROM choices WHERE session = ? AND ref = ?", (session_id, ref))
+        ).fetchone()
+        return json.loads(row[0]) if row else None
+
     async def take_choice(self, session_id: str, ref: str) -> dict | None:
         """The payload of an offered choice, removed so that a second press does nothing."""
         row = await (
@@ -329,6 +351,39 @@ class Store:
             )
         ).fetchone()
         return {"calls": row[0], "input_tokens": row[1], "output_tokens": row[2], "cost_usd": row[3]}
+
+    # Captions: what was proposed and what the artist decided ---------------------------------------
+    # Rows keep their insertion order in SQLite's rowid: ``at`` has one-second resolution.
+
+    async def record_caption(
+        self, project: str, file: str, text: str, source: CaptionSource, status: CaptionStatus
+    ) -> None:
+        await self.db.execute(
+            "INSERT INTO caption_history VALUES (?, ?, ?, ?, ?, ?)", (project, file, text, source, status, _now())
+        )
+        await self.db.commit()
+
+    async def caption_history(self, project: str, file: str) -> list[dict]:
+        """Every caption the picture has had, oldest first: text, source, status, at."""
+        rows = await (
+            await self.db.execute(
+                "SELECT text, source, status, at FROM caption_history WHERE project = ? AND file = ? ORDER BY rowid",
+                (project, file),
+            )
+        ).fetchall()
+        return [{"text": r[0], "source": r[1], "status": r[2], "at": r[3]} for r in rows]
+
+    async def approved_examples(self, project: str, limit: int = 5) -> list[str]:
+        """The artist's latest approved or adjusted captions, newest first, one per picture: the wording
+        the next captions should follow."""
+        rows = await (
+            await self.db.execute(
+                "SELECT text FROM caption_history WHERE rowid IN (SELECT MAX(rowid) FROM caption_history "
+                "WHERE project = ? AND status IN ('approved', 'adjusted') GROUP BY file) ORDER BY rowid DESC LIMIT ?",
+                (project, limit),
+            )
+        ).fetchall()
+        return [r[0] for r in rows]
 
 
 @asynccontextmanager

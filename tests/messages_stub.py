@@ -32,12 +32,15 @@ class MessagesStub:
         self.requests: list[dict] = []
         self.url = ""
 
-    def reply(self, *content: dict, input_tokens: int = 1000, output_tokens: int = 50) -> None:
-        """An assistant message; its stop reason is tool_use when it calls a tool, else end_turn."""
+    def reply(
+        self, *content: dict, input_tokens: int = 1000, output_tokens: int = 50, stop_reason: str | None = None
+    ) -> None:
+        """An assistant message; its stop reason, unless given, is tool_use when it calls a tool, else end_turn."""
         calls = any(block["type"] == "tool_use" for block in content)
+        stop_reason = stop_reason or ("tool_use" if calls else "end_turn")
         self.script.append((200, {
             "id": f"msg_{next(_ids):04d}", "type": "message", "role": "assistant", "model": "stub",
-            "content": list(content), "stop_reason": "tool_use" if calls else "end_turn", "stop_sequence": None,
+            "content": list(content), "stop_reason": stop_reason, "stop_sequence": None,
             "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
         }, {}))  # fmt: skip
 

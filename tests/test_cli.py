@@ -11,7 +11,7 @@ import pytest
 
 from core.cli import parser
 
-COMMANDS = ["new", "add", "audit", "dupes", "resolve", "curate", "report", "demo"]
+COMMANDS = ["new", "add", "audit", "dupes", "resolve", "curate", "report", "caption", "chat", "worker", "bot", "demo"]
 
 
 def test_every_command_has_help(capsys):
@@ -54,15 +54,19 @@ def test_invalid_input_is_a_plain_message_and_exit_code_2(cli):
 def test_demo_runs_the_whole_dataset_phase_offline(cli, tmp_path):
     code, out, err = cli("demo")
     assert code == 0, err
-    for step in range(1, 7):
-        assert f"Step {step} of 6" in out
+    for step in range(1, 9):
+        assert f"Step {step} of 8" in out
     assert "❌ forest-late.jpg: This file is cut off partway" in out
     assert "❌ notes.jpg: This is a text file" in out
     assert "I found 1 pair of duplicates" in out
     assert "Gate 1 (dataset): NO-GO — images are not captioned yet." in out
+    assert "(the demo plays the artist and presses Approve)" in out
+    assert "Gate 1 (dataset): GO — ready." in out.split("Step 8 of 8")[1]
     root = tmp_path / "grimoire" / "training" / "demo-style"
     assert (root / "intent.md").is_file() and (root / "dataset-report.md").is_file()
     assert len(list((root / "excluded").iterdir())) == 1
     assert len(list((root / "dataset").glob("*.jpg"))) == 23
+    captions = list((root / "dataset").glob("*.txt"))
+    assert len(captions) == 23 and all(c.read_text().startswith("demostyle_lt") for c in captions)
     code, again, _ = cli("demo")  # re-running starts the demo project afresh
     assert code == 0 and "I found 1 pair of duplicates" in again

@@ -251,3 +251,55 @@ async def test_every_recommendation_in_the_scripted_conversation_says_why_and_wh
     for text_ in recommendations:
         assert REASON.search(text_), f"no reason given: {text_!r}"
         assert "resources/" in text_, f"no source cited: {text_!r}"
+
+
+async def test_captions_samples_first_then_the_rest_then_gate_one_passes(settings, painting):
+    async with open_store(settings.database_path) as store:
+        c = Conversation(settings, store)
+        await interview(c)  # an object LoRA for SD 1.5: 10 pictures are enough
+        files = {f"pot {i}.jpg": jpeg_bytes(painting(i, (576, 512))) for i in range(10)}
+        checked = await c.act(c.upload(files))
+        start = choices(checked)[-1]
+        assert start.ref == "captions" and "resources/dataset/captioning-guide.md" in start.prompt
+
+        proposed = await c.act(Decide(ref="captions", value="start"))
+        samples = [r for r in choices(proposed) if r.ref.startswith("cap:")]
+        assert len(samples) == 5
+        assert "without Claude" in text(proposed)  # no key in tests: the local analyzer describes the style
+        assert all(s.prompt.startswith("**Caption**: `miraobj, ") for s in samples)
+        assert all("Does this capture both what's in the image AND how it's painted?" in s.prompt for s in samples)
+        assert len([r for r in proposed if isinstance(r, Picture)]) == 5
+
+        approved = await c.act(Decide(ref=samples[0].ref, value="approve"))
+        assert text(approved).startswith("Approved: `miraobj, ")
+        adjusted = await c.act(Decide(ref=samples[1].ref, value="adjust", text="a blue teapot, gouache, soft light"))
+        assert "I put the trigger word `miraobj` first" in text(adjusted)
+        await c.act(Decide(ref=samples[2].ref, value="adjust", text="miraobj teapot on a shelf"))
+        await c.act(Decide(ref=samples[3].ref, value="skip"))
+        again = await c.act(Decide(ref=samples[3].ref, value="approve"))
+        assert again[0].private  # decided once only
+        finished = await c.act(Decide(ref=samples[4].ref, value="approve"))
+
+    project = settings.training_root / "mira-object-1"
+    captions = {p.stem: p.read_text(encoding="utf-8").strip() for p in (project / "dataset").glob("*.txt")}
+    assert len(captions) == 10 and all(v.startswith("miraobj, ") for v in captions.values())
+    assert "miraobj, a blue teapot, gouache, soft light" in captions.values()
+    assert "miraobj, teapot on a shelf" in captions.values()
+    assert "Samples done — captioning the rest now" in text(finished)
+    assert "Captioned 6 more picture(s)." in text(finished)  # the skipped sample is captioned with the rest
+    assert "**Gate 1 (dataset): GO**" in text(finished)
+
+
+async def test_the_artist_can_rewrite_any_caption_later(settings, painting):
+    async with open_store(settings.database_path) as store:
+        c = Conversation(settings, store)
+        await interview(c)
+        await c.act(c.upload({"pot.jpg": jpeg_bytes(painting(1, (576, 512)))}))
+        saved = await c.act(Say(text='caption pot.jpg: a teapot, "glazed", ünïcode'))
+        assert "Saved the caption of `pot.jpg`" in text(saved)
+        refused = await c.act(Say(text="caption ../../etc/passwd: nope"))
+        assert "Saved" not in text(refused)
+        history = await store.caption_history("mira-object-1", "pot.jpg")
+    caption = (settings.training_root / "mira-object-1" / "dataset" / "pot.txt").read_text(encoding="utf-8")
+    assert caption.rstrip("\n") == 'miraobj, a teapot, "glazed", ünïcode' and caption.count("\n") <= 1
+    assert history[-1]["source"] == "artist" and history[-1]["status"] == "adjusted"

@@ -96,6 +96,17 @@ def _subset(names: list[str], likeness: np.ndarray, penalty: np.ndarray, size: i
     return sorted(chosen), closest
 
 
+def most_varied(snapshot: Snapshot, names: list[str], count: int) -> list[str]:
+    """The ``count`` pictures among ``names`` that best cover the dataset's variety (farthest-point
+    choice on arrangement and colour): the captions reviewed first should meet every kind of picture."""
+    names = [n for n in names if snapshot.inspections[n].thumb is not None]
+    if len(names) <= count:
+        return names
+    likeness = likeness_matrix([features(snapshot.inspections[n].thumb) for n in names])
+    chosen, _ = _subset(names, likeness, np.ones(len(names)), count)
+    return [names[i] for i in chosen]
+
+
 def _regularization(kind: LoraType, subject_level: Level, count: int, low: int) -> tuple[bool, str]:
     what = 'they are "normal" pictures that help the model remember what it already knows while it learns'
     if kind == LoraType.style:

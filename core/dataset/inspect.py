@@ -163,7 +163,7 @@ def _jpeg_quality(im: Image.Image) -> int | None:
     return int(round(max(1.0, min(100.0, quality))))
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
+def to_rgb(im: Image.Image) -> Image.Image:
     """The picture as training will see it: 8-bit RGB, transparency composited onto white."""
     if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         arr = np.asarray(im, dtype=np.float64)
@@ -308,7 +308,7 @@ def inspect_file(path: Path, name: str, limits: Limits) -> Inspection:
                 rotated = orientation in (5, 6, 7, 8)
                 audit.width, audit.height = (h, w) if rotated else (w, h)
                 _check_properties(audit, im, head, limits)
-                work = _to_rgb(ImageOps.exif_transpose(im))
+                work = to_rgb(ImageOps.exif_transpose(im))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         claimed = f"claims to be {w}×{h} pixels ({w * h / 1e6:.1f} megapixels)" if w else "is enormous"
         _error(
