@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from core import intent as intents
-from core.captions import propose, read_caption, write_caption
+from core.captions import Proposal, propose, read_caption, write_caption
 from core.dataset.curate import curate, most_varied
 from core.dataset.explain import audit_lines
 from core.dataset.importer import import_paths
@@ -33,8 +33,9 @@ from core.events import (
     Publish,
 )
 from core.grimoire import Project, inside
+from core.intent import Intent
 from core.settings import Settings
-from core.store import open_store
+from core.store import Store, open_store
 
 
 class Job(BaseModel):
@@ -63,7 +64,7 @@ async def dataset_check(settings: Settings, job: Job, publish: Publish) -> Datas
     report, and publish the findings."""
     project = Project.existing(settings, job.project)
     intent = intents.load(project)
-    common = {"session": job.session, "project": job.project, "job": job.id}
+    common = _about(job)
     staged = [inside(settings.grimoire, Path(p)) for p in job.args.get("staged", [])]
     staged = [p for p in staged if p.is_file()]  # a re-run finds them imported and gone
     await publish(JobStarted(id=f"{job.id}:started", text=f"Checking your pictures ({len(staged)} new)…", **common))
@@ -116,22 +117,11 @@ async def caption_samples(settings: Settings, job: Job, publish: Publish) -> Non
         snapshot = await take(project, intent, settings, store)
         todo = [f for f in snapshot.usable if f not in snapshot.captioned()]
         samples = most_varied(snapshot, todo, SAMPLES)
-        common = {"session": job.session, "project": job.project, "job": job.id}
-        await publish(JobStarted(id=f"{job.id}:started", text="Writing sample captions", total=len(samples), **common))
-        proposals = await propose(
-            settings,
-            store,
-            project,
-            intent,
-            samples,
-            await store.approved_examples(project.name),
-            offline=job.args.get("offline", False),
-            progress=_progress(job, publish, "Writing sample captions"),
-        )
+        proposals = await _propose(settings, store, project, intent, samples, job, publish, "Writing sample captions")
         for p in proposals:
             await store.record_caption(project.name, p.file, p.caption, p.source, "proposed")
     samples_out = [ProposedCaption(**p.model_dump(), picture=str(project.dataset_dir / p.file)) for p in proposals]
-    await publish(CaptionsProposed(id=f"{job.id}:proposed", samples=samples_out, **common))
+    await publish(CaptionsProposed(id=f"{job.id}:proposed", samples=samples_out, **_about(job)))
 
 
 async def caption_batch(settings: Settings, job: Job, publish: Publish) -> None:
@@ -142,40 +132,28 @@ async def caption_batch(settings: Settings, job: Job, publish: Publish) -> None:
     async with open_store(settings.database_path) as store:
         snapshot = await take(project, intent, settings, store)
         todo = [f for f in snapshot.usable if read_caption(project, f) is None]
-        common = {"session": job.session, "project": job.project, "job": job.id}
-        await publish(JobStarted(id=f"{job.id}:started", text="Captioning", total=len(todo), **common))
-        proposals = await propose(
-            settings,
-            store,
-            project,
-            intent,
-            todo,
-            await store.approved_examples(project.name),
-            offline=job.args.get("offline", False),
-            progress=_progress(job, publish, "Captioning"),
-        )
+        proposals = await _propose(settings, store, project, intent, todo, job, publish, "Captioning")
         for p in proposals:
             write_caption(project, p.file, p.caption, intent.trigger)
             await store.record_caption(project.name, p.file, p.caption, p.source, "batch")
     problems = [f"{p.file}: {p.problem}" for p in proposals if p.problem]
-    await publish(CaptionsWritten(id=f"{job.id}:written", written=len(proposals), problems=problems, **common))
+    await publish(CaptionsWritten(id=f"{job.id}:written", written=len(proposals), problems=problems, **_about(job)))
 
 
-def _progress(job: Job, publish: Publish, text: str):
-    async def report(done: int, total: int) -> None:
-        await publish(
-            JobProgress(
-                id=f"{job.id}:progress:{done}",
-                session=job.session,
-                project=job.project,
-                job=job.id,
-                text=text,
-                done=done,
-                total=total,
-            )
-        )
+def _about(job: Job) -> dict:
+    return {"session": job.session, "project": job.project, "job": job.id}
 
-    return report
+
+async def _propose(settings: Settings, store: Store, project: Project, intent: Intent, files: list[str], job: Job,
+                   publish: Publish, doing: str) -> list[Proposal]:  # fmt: skip
+    """Caption proposals for ``files``, with the approved captions as examples, reporting progress."""
+    await publish(JobStarted(id=f"{job.id}:started", text=doing, total=len(files), **_about(job)))
+
+    async def progress(done: int, total: int) -> None:
+        await publish(JobProgress(id=f"{job.id}:progress:{done}", text=doing, done=done, total=total, **_about(job)))
+
+    examples = await store.approved_examples(project.name)
+    return await propose(settings, store, project, intent, files, examples, job.args.get("offline", False), progress)
 
 
 JOBS = {"dataset_check": dataset_check, "caption_samples": caption_samples, "caption_batch": caption_batch}
