@@ -70,3 +70,26 @@ def test_demo_runs_the_whole_dataset_phase_offline(cli, tmp_path):
     assert len(captions) == 23 and all(c.read_text().startswith("demostyle_lt") for c in captions)
     code, again, _ = cli("demo")  # re-running starts the demo project afresh
     assert code == 0 and "I found 1 pair of duplicates" in again
+
+
+async def test_caption_review_in_the_terminal(settings, painting):
+    from core import intent as intents
+    from core.chat import caption_review
+    from core.families import Family
+    from core.grimoire import Project
+    from core.intent import LoraType
+
+    project = Project.at(settings, "pots")
+    intents.create(project, LoraType.object, Family.sd15, "potobj")
+    for seed in range(10):
+        painting(seed, (576, 512)).save(project.dataset_dir / f"pot{seed}.jpg", quality=92)
+    # Approve the first sample, adjust the second (typing the new caption), approve the rest.
+    lines = iter(["1", "5", "a red teapot on a table", "7", "10", "13", "quit"])
+    out: list[str] = []
+    await caption_review(settings, project, "mira", True, lines, out.append)
+    said = "\n".join(out)
+    assert said.count("Does this capture both what's in the image AND how it's painted?") == 5
+    assert "Type the caption as you'd like it:" in said
+    assert "**Gate 1 (dataset): GO**" in said
+    captions = [p.read_text(encoding="utf-8").strip() for p in project.dataset_dir.glob("*.txt")]
+    assert len(captions) == 10 and "potobj, a red teapot on a table" in captions
