@@ -105,8 +105,8 @@ async def test_claude_sees_a_fitted_jpeg_and_the_artists_words_and_answers_throu
 
     assert proposal == Proposal(
         file="big.png",
-        caption="mirastyle, a fox curled up in tall grass, early morning. Gouache painting, soft dappled light, "
-        "muted greens.",
+        caption="mirastyle, a fox curled up in tall grass, early morning, gouache painting, soft dappled light, "
+        "muted greens",
         content=["a fox curled up in tall grass", "early morning"],
         style=ANSWER["style"],
         source="claude",
@@ -288,20 +288,20 @@ def test_the_analyzer_is_deterministic_and_reads_files(tmp_path, painting):
 
 def test_the_families_formats_come_from_the_reference_table():
     assert {f: style for f, (style, _) in formats().items()} == {
-        Family.sdxl: "sentences", Family.flux: "sentences", Family.pony: "tags", Family.sd15: "tags"
+        Family.sdxl: "tags", Family.flux: "sentences", Family.pony: "tags", Family.sd15: "tags"
     }  # fmt: skip
 
 
-def test_tags_for_pony_and_sd15_sentences_for_sdxl_and_flux():
+def test_tags_for_pony_sdxl_and_sd15_sentences_for_flux():
     content = ["A fox, tall_grass", "Mirastyle", "early\nmorning", "score_9", "a fox"]
     style = ["gouache painting", "muted greens.", "tall grass"]
     tags = "mirastyle, score_9, a fox, tall grass, early morning, gouache painting, muted greens"
     assert compose(Family.pony, TRIGGER, content, style) == tags
     assert compose(Family.sd15, TRIGGER, content, style) == tags
+    assert compose(Family.sdxl, TRIGGER, content, style) == tags
     content, style = ["a fox curled up in tall_grass", "Mirastyle", "early\nmorning,"], ["gouache , , paint", "greens."]
     sentences = "mirastyle, a fox curled up in tall grass, early morning. Gouache, paint, greens."
     assert compose(Family.flux, TRIGGER, content, style) == sentences
-    assert compose(Family.sdxl, TRIGGER, content, style) == sentences
     assert compose(Family.flux, TRIGGER, [], ["soft light"]) == "mirastyle, soft light."
     assert compose(Family.pony, TRIGGER, [], []) == TRIGGER
     for family in Family:

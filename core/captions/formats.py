@@ -7,12 +7,12 @@ The choices the table leaves to us:
 
 - The trigger word comes first, then the separator, always: kohya's ``keep_tokens=1`` keeps the first
   comma-separated part in place, and Gate 1 reads the same part.
-- Tags (pony, sd15): lowercase booru-style tags with spaces, not underscores (``long hair``); an
+- Tags (pony, sdxl, sd15): lowercase booru-style tags with spaces, not underscores (``long hair``); an
   underscore between letters or digits becomes a space, so ``^_^`` keeps its own. A comma inside an item
   splits it into two tags. Duplicates are dropped. Order: trigger, Pony's special tags (``score_``,
   ``source_``, ``rating_``, underscores kept), content, style. No score tags are added: the table says
   loratrain adds them only when the artist asks (by putting them in the content).
-- Sentences (sdxl, flux): the content as one sentence and the style as another, phrases joined by the
+- Sentences (flux): the content as one sentence and the style as another, phrases joined by the
   separator, the artist's and Claude's wording and case kept (``mirastyle, a fox in tall grass. Soft
   morning light, muted greens.``). A comma inside a phrase stays; runs of commas become one, and stray
   ones at a phrase's ends go. Underscores become spaces as for tags.
