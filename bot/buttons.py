@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 # Session: a thread id. Ref: as the engine's CHOICE_REF. Value: an option (never holds a colon).
 TEMPLATE = re.compile(r"lt:(?P<session>[0-9]+):(?P<ref>[a-z]+(?::[0-9a-f]{1,16})?):(?P<value>[^:]+)\Z")
 MAX_BUTTONS = 25  # Discord: 5 rows of 5
+MODAL_OPEN_S = 900  # an Adjust box left open this long is forgotten; the sample stays open to adjust again
 
 
 class ChoiceButton(discord.ui.DynamicItem[discord.ui.Button], template=TEMPLATE):
@@ -81,7 +82,7 @@ class AdjustCaption(discord.ui.Modal, title="Adjust the caption"):
     and an example for the rest."""
 
     def __init__(self, button: ChoiceButton, caption: str):
-        super().__init__(timeout=None)
+        super().__init__(timeout=MODAL_OPEN_S)
         self.button = button
         self.caption = discord.ui.TextInput(
             label="Caption", style=discord.TextStyle.long, default=caption[:4000], max_length=4000

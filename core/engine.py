@@ -403,7 +403,8 @@ class Engine:
         else:
             replies += self._gate_summary(event)
             state["phase"] = "collect"
-            if not event.gate_passed and event.usable and not await self.store.open_choices(state["id"], "cap"):
+            uncaptioned = event.usable - event.captioned
+            if uncaptioned > 0 and not await self.store.open_choices(state["id"], "cap"):
                 ref = "captions"
                 await self.store.offer_choice(state["id"], ref, {})
                 replies.append(
@@ -452,12 +453,17 @@ class Engine:
         await self._save(state)
         job = self._job("caption_samples", state, state["data"]["caption_round"])
         why = (
-            f"Writing {SAMPLES} sample captions for you to check first: the pictures that differ most from each "
+            f"Writing up to {SAMPLES} sample captions for you to check first: the pictures that differ most from each "
             "other, so we agree on the wording for every kind of picture (resources/dataset/captioning-guide.md)."
         )
         return Outcome(replies=[Text(text=why)], jobs=[job])
 
     async def _proposed(self, state: dict, event: CaptionsProposed) -> Outcome:
+        if not event.samples:  # every picture got a caption meanwhile (the artist's own, or a re-run)
+            state["phase"] = "collect"
+            await self._save(state)
+            return Outcome(replies=[Text(text="Every picture already has a caption. Type **check** to update "
+                                              "the dataset report.")])  # fmt: skip
         replies: list[Reply] = [Progress(key=event.job, text="Samples written", done=len(event.samples),
                                          total=len(event.samples))]  # fmt: skip
         if any(s.source == "analyzer" for s in event.samples):

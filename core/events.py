@@ -63,6 +63,7 @@ class DatasetChecked(_Event):
     gate_fixes: list[str]
     report: str  # path of dataset-report.md
     usable: int
+    captioned: int = 0  # usable pictures whose caption starts with the trigger word
 
 
 class ProposedCaption(BaseModel):

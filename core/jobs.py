@@ -101,6 +101,7 @@ async def dataset_check(settings: Settings, job: Job, publish: Publish) -> Datas
         gate_fixes=gate.fixes,
         report=report,
         usable=len(snapshot.usable),
+        captioned=len(snapshot.captioned()),
     )
     await publish(event)
     return event

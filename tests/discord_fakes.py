@@ -1,10 +1,12 @@
 """Stand-ins for the few discord.py objects the bot touches, so tests drive its real handlers (the
-/train callback, ``on_message``, the buttons' ``from_custom_id`` and ``callback``) without a Discord
-connection. Every call is written to one ordered log, so a test can tell what happened first.
+/train callback, ``on_message``, the buttons' ``from_custom_id`` and ``callback``, a modal's submit)
+without a Discord connection. Every call is written to one ordered log, so a test can tell what
+happened first.
 
 Messages keep their buttons as Discord does, as component data (``discord.ActionRow``), and a press
 rebuilds them with ``View.from_message`` as discord.py does, so a button made by an earlier bot
-object works only through its custom id.
+object works only through its custom id. A modal comes back as Discord sends it: the submitted values
+as component payloads, which discord.py's own submit path writes into the modal's inputs.
 """
 
 from __future__ import annotations
@@ -152,6 +154,7 @@ class Attachment:
 class Response:
     def __init__(self, world: World):
         self.world, self.done = world, False
+        self.modal: discord.ui.Modal | None = None  # the box this answer opened, if any
 
     def is_done(self) -> bool:
         return self.done
@@ -160,6 +163,13 @@ class Response:
         assert not self.done, "an interaction can be answered only once"
         self.world.record("response.defer", **kwargs)
         self.done = True
+
+    async def send_modal(self, modal: discord.ui.Modal, /) -> None:
+        """A modal is an interaction's answer too: it must be the first and only one."""
+        assert not self.done, "an interaction can be answered only once"
+        assert isinstance(modal, discord.ui.Modal), modal
+        self.world.record("response.send_modal", modal=modal)
+        self.modal, self.done = modal, True
 
 
 class Followup:
@@ -211,6 +221,29 @@ async def press(bot: Bot, message: Message, label: str, user: User) -> Interacti
     view.remove_item(base)
     view.add_item(item)
     await item.callback(interaction)
+    return interaction
+
+
+async def submit(bot: Bot, modal: discord.ui.Modal, user: User, message: Message, *texts: str) -> Interaction:
+    """Submit ``modal`` (opened from a button on ``message``) the way discord.py dispatches it: the
+    texts, one per text input in order (an input without one keeps the text it was opened with), arrive
+    as Discord's component payloads, which the modal's own submit task writes into its inputs before
+    ``interaction_check`` and ``on_submit``. An error is raised, not logged away by ``on_error``, so a
+    test sees it."""
+    inputs = [item for item in modal.walk_children() if isinstance(item, discord.ui.TextInput)]
+    assert len(texts) <= len(inputs), (texts, inputs)
+    values = [*texts, *(item.default or "" for item in inputs[len(texts) :])]
+    components: list[dict[str, Any]] = [  # as Discord sends them: each input in its action row
+        {"type": 1, "components": [{"type": 4, "custom_id": item.custom_id, "value": value}]}
+        for item, value in zip(inputs, values, strict=True)
+    ]
+    interaction = Interaction(bot.world, bot, user, message.channel, message)
+
+    async def raise_it(interaction: Interaction, error: Exception, /) -> None:
+        raise error
+
+    modal.on_error = raise_it  # type: ignore[method-assign]
+    await modal._scheduled_task(interaction, components, {})  # what ViewStore.dispatch_modal runs
     return interaction
 
 

@@ -1,6 +1,6 @@
 """The Discord adapter, driven through its real handlers with fake Discord objects
 (``tests/discord_fakes.py``), a real SQLite store, the real engine, a real Redis for the job queue
-and the event stream, and the real dataset-check job."""
+and the event stream, and the real jobs (the dataset check, the sample captions and the batch)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ from arq.connections import ArqRedis
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
+from bot.buttons import AdjustCaption
 from bot.main import LoraBot, run
 from bot.relay import Relay
 from bot.render import Renderer, split
 from bot.train import train
-from core.engine import Progress, Text
+from core.captions import read_caption
+from core.engine import ANALYZER_ONLY, CAPTIONS_NEXT, Progress, Text
 from core.errors import UserError
 from core.events import JobStarted, RedisStream
 from core.grimoire import Project
@@ -39,10 +41,15 @@ from tests.discord_fakes import (
     file_names,
     http_error,
     press,
+    submit,
 )
 
 PROJECT = "mira-style-1"
 PAIR = re.compile(r"Left: `(?P<left>[^`]+)` · Right: `(?P<right>[^`]+)`")
+OBJECT = "mira-object-1"  # the teapot project of the caption tests
+SAMPLE = re.compile(r"Sample (?P<number>[0-9]) of 5: `(?P<file>[^`]+)`")
+CAPTION = re.compile(r"\*\*Caption\*\*: `(?P<caption>[^`]*)`")
+NOT_YOURS = "This isn't your session — type /train to start your own."
 
 
 @pytest.fixture
@@ -66,6 +73,34 @@ async def bot(bot_settings, world):
 @pytest.fixture
 def mira(world):
     return User(world, "Mira")
+
+
+class Worker:
+    """Plays `loratrain worker` and the bot's relay: runs each queued job once, as the worker would,
+    then relays everything the jobs published from the real event stream."""
+
+    def __init__(self) -> None:
+        self.ran: set[str] = set()
+
+    async def run(self, bot: Bot) -> list[str]:
+        """Run the jobs queued since the last call and relay their events; returns the jobs' names."""
+        stream = RedisStream(bot.redis, bot.settings.events_stream)
+        names = []
+        for definition in await queued(bot):
+            job = Job.model_validate(definition.args[0])
+            if job.id not in self.ran:
+                self.ran.add(job.id)
+                names.append(job.name)
+                await run_job(bot.settings, job, stream.publish)
+        relay = Relay(bot, stream)
+        while await relay.step(block_ms=50):
+            pass
+        return names
+
+
+@pytest.fixture
+def worker():
+    return Worker()
 
 
 async def slash_train(bot: Bot, user: User, channel=None) -> Interaction:
@@ -297,6 +332,263 @@ async def test_a_queue_outage_is_told_plainly_and_the_upload_stays_in_the_inbox(
 
     assert (inbox(bot.settings, str(thread.id)) / f"{message.id}-0" / "forest.jpg").is_file()
     assert thread.said()[-1].startswith("I couldn't hand that work to the worker just now")
+
+
+# Captions -----------------------------------------------------------------------------------------
+
+
+async def object_interview(bot: Bot, mira: User) -> Thread:
+    """/train for an object LoRA on SD 1.5 (10 pictures are enough for one), trigger word `miraobj`."""
+    await slash_train(bot, mira)
+    thread = threads(bot.world)[-1]
+    await press(bot, asking(thread), "Object", mira)
+    await press(bot, asking(thread), "Stable Diffusion 1.5", mira)
+    await say(bot, thread, mira, "My ceramic teapot, from every side")
+    await press(bot, asking(thread), "Use miraobj", mira)
+    return thread
+
+
+async def offered_captions(bot: Bot, mira: User, painting, worker: Worker) -> Thread:
+    """A thread whose 10 different pictures were checked by the real job and relayed: no duplicates,
+    nothing captioned, so Gate 1 is NO-GO and the captions are offered."""
+    thread = await object_interview(bot, mira)
+    pictures = [Attachment(f"pot-{n}.jpg", jpeg_bytes(painting(n, (576, 512)))) for n in range(10)]
+    await say(bot, thread, mira, attachments=pictures)
+    assert await worker.run(bot) == ["dataset_check"]
+    return thread
+
+
+def sample_questions(thread: Thread) -> list[Message]:
+    return [m for m in thread.messages if any(":cap:" in b.custom_id for b in m.buttons())]
+
+
+def sample_file(thread: Thread, question: Message) -> str:
+    """The picture a sample question asks about: the one posted just before it."""
+    picture = thread.messages[thread.messages.index(question) - 1]
+    return SAMPLE.fullmatch(picture.content)["file"]
+
+
+def ref_of(question: Message) -> str:
+    return question.buttons()[0].custom_id.split(":", 2)[2].rsplit(":", 1)[0]
+
+
+async def samples_shown(bot: Bot, mira: User, painting, worker: Worker) -> tuple[Thread, list[Message]]:
+    """Captions started, the sample job run and its five samples relayed."""
+    thread = await offered_captions(bot, mira, painting, worker)
+    await press(bot, asking(thread), "Start captions", mira)
+    assert await worker.run(bot) == ["caption_samples"]
+    questions = sample_questions(thread)
+    assert len(questions) == 5
+    return thread, questions
+
+
+async def new_jobs(bot: Bot, before: set[str]) -> list[str]:
+    return [j.function for j in await queued(bot) if j.job_id not in before]
+
+
+async def test_start_captions_queues_the_samples_and_each_comes_with_its_picture_and_buttons(
+    bot, world, mira, painting, worker, bot_settings
+):
+    thread = await offered_captions(bot, mira, painting, worker)
+    said = "\n".join(thread.said())
+    assert "**Gate 1 (dataset): NO-GO**" in said and "images are not captioned yet" in said
+    offer = asking(thread)
+    assert offer.content == CAPTIONS_NEXT
+    assert [(b.label, b.custom_id) for b in offer.buttons()] == [("Start captions", f"lt:{thread.id}:captions:start")]
+    before = {j.job_id for j in await queued(bot)}
+
+    since = len(world.log)
+    await press(bot, offer, "Start captions", mira)
+
+    assert calls_of(world, since)[0] == "response.defer"
+    assert all(b.disabled for b in offer.buttons())
+    assert thread.said()[-1].startswith("Writing up to 5 sample captions for you to check first")
+    (job,) = [j for j in await queued(bot) if j.job_id not in before]
+    assert job.function == "caption_samples"
+    assert job.args[0]["session"] == str(thread.id) and job.args[0]["project"] == OBJECT
+
+    posted = len(thread.messages)
+    assert await worker.run(bot) == ["caption_samples"]
+
+    shown = thread.messages[posted:]
+    assert ANALYZER_ONLY in [m.content for m in shown]  # no Claude key in tests: the local analyzer writes them
+    pictures = [m for m in shown if m.file]
+    assert [SAMPLE.fullmatch(m.content)["number"] for m in pictures] == ["1", "2", "3", "4", "5"]
+    files = [SAMPLE.fullmatch(m.content)["file"] for m in pictures]
+    project = Project.existing(bot_settings, OBJECT)
+    assert len(set(files)) == 5 and all((project.dataset_dir / f).is_file() for f in files)
+    assert [m.file.filename for m in pictures] == files  # the picture itself, from the dataset
+    questions = sample_questions(thread)
+    assert [shown.index(q) for q in questions] == [shown.index(p) + 1 for p in pictures]
+    refs = []
+    for question in questions:
+        assert [b.label for b in question.buttons()] == ["Approve", "Adjust", "Skip"]
+        ids = [re.fullmatch(rf"lt:{thread.id}:(cap:[0-9a-f]{{16}}):(\w+)", b.custom_id) for b in question.buttons()]
+        assert [m[2] for m in ids] == ["approve", "adjust", "skip"] and len({m[1] for m in ids}) == 1
+        refs.append(ids[0][1])
+        assert CAPTION.search(question.content)["caption"].startswith("miraobj, ")
+        assert question.content.endswith("Does this capture both what's in the image AND how it's painted?")
+    assert sorted(await bot.store.open_choices(str(thread.id), "cap:")) == sorted(set(refs))
+    assert any(m.content == "✅ Samples written ▓▓▓▓▓▓▓▓▓▓ 5/5" for m in thread.messages)
+    assert list(project.dataset_dir.glob("*.txt")) == []  # nothing is written before the artist says so
+
+
+async def test_adjust_opens_the_caption_box_first_and_its_wording_is_written_with_the_trigger_word(
+    bot, world, mira, painting, worker, bot_settings
+):
+    thread, questions = await samples_shown(bot, mira, painting, worker)
+    question, session = questions[0], str(thread.id)
+    file, proposed = sample_file(thread, question), CAPTION.search(question.content)["caption"]
+    project = Project.existing(bot_settings, OBJECT)
+    before = {j.job_id for j in await queued(bot)}
+
+    since = len(world.log)
+    pressed = await press(bot, question, "Adjust", mira)
+
+    assert calls_of(world, since) == ["response.send_modal"]  # the box is the first answer: no defer before it
+    modal = pressed.response.modal
+    assert isinstance(modal, AdjustCaption)
+    (box,) = modal.children
+    assert isinstance(box, discord.ui.TextInput) and box.value == proposed
+    shown = modal.to_dict()  # what Discord is sent
+    assert shown["title"] == "Adjust the caption"
+    assert shown["components"] == [
+        {
+            "type": 1,
+            "components": [
+                {
+                    "type": 4,
+                    "custom_id": box.custom_id,
+                    "label": "Caption",
+                    "style": discord.TextStyle.long.value,
+                    "required": True,
+                    "value": proposed,  # pre-filled with the sample's caption
+                    "max_length": 4000,
+                }
+            ],
+        }
+    ]
+    assert proposed == (await bot.store.open_choice(session, ref_of(question)))["caption"]
+    assert not any(b.disabled for b in question.buttons()) and read_caption(project, file) is None
+
+    since = len(world.log)
+    await submit(bot, modal, mira, question, "  a blue teapot on a shelf,\n gouache, soft light ")
+
+    assert calls_of(world, since) == ["response.defer", "interaction.edit_original_response", "thread.send"]
+    written = "miraobj, a blue teapot on a shelf, gouache, soft light"
+    assert read_caption(project, file) == written
+    assert thread.said()[-1] == (
+        f"Noted — I'll use your wording for the rest: `{written}` "
+        "(I put the trigger word `miraobj` first: every caption starts with it.)"
+    )
+    buttons = question.buttons()
+    assert all(b.disabled for b in buttons)
+    assert [b.label for b in buttons if b.style == discord.ButtonStyle.success] == ["Adjust"]
+    assert modal.is_finished()
+    history = await bot.store.caption_history(OBJECT, file)
+    assert history[-1]["text"] == written and (history[-1]["source"], history[-1]["status"]) == ("artist", "adjusted")
+    assert len(await bot.store.open_choices(session, "cap:")) == 4 and await new_jobs(bot, before) == []
+
+    since = len(world.log)  # a second press (a stale client) opens no box: the sample is decided
+    again = await press(bot, question, "Adjust", mira)
+    assert calls_of(world, since) == ["response.defer", "followup.send"] and again.response.modal is None
+    assert world.calls("followup.send")[-1] == {
+        "content": "You've already decided about that caption.",
+        "ephemeral": True,
+    }
+    assert read_caption(project, file) == written
+
+
+async def test_someone_else_pressing_adjust_gets_no_box_and_nothing_is_written(
+    bot, world, mira, painting, worker, bot_settings
+):
+    thread, questions = await samples_shown(bot, mira, painting, worker)
+    question = questions[2]
+    posted = len(thread.messages)
+    stranger = User(world, "Sam")
+
+    since = len(world.log)
+    pressed = await press(bot, question, "Adjust", stranger)
+
+    assert calls_of(world, since) == ["response.defer", "followup.send"]
+    assert pressed.response.modal is None and world.calls("response.send_modal") == []
+    assert world.calls("followup.send")[-1] == {"content": NOT_YOURS, "ephemeral": True}
+    assert len(thread.messages) == posted and not any(b.disabled for b in question.buttons())
+    project = Project.existing(bot_settings, OBJECT)
+    assert list(project.dataset_dir.glob("*.txt")) == []
+    assert ref_of(question) in await bot.store.open_choices(str(thread.id), "cap:")
+    history = await bot.store.caption_history(OBJECT, sample_file(thread, question))
+    assert [h["status"] for h in history] == ["proposed"]  # only the proposal is on record
+
+
+async def test_once_every_sample_is_decided_the_rest_are_captioned_and_gate_one_is_go(
+    bot, world, mira, painting, worker, bot_settings
+):
+    thread, questions = await samples_shown(bot, mira, painting, worker)
+    project = Project.existing(bot_settings, OBJECT)
+    files = [sample_file(thread, q) for q in questions]
+    proposed = [CAPTION.search(q.content)["caption"] for q in questions]
+    before = {j.job_id for j in await queued(bot)}
+
+    adjusting = await press(bot, questions[0], "Adjust", mira)
+    await submit(bot, adjusting.response.modal, mira, questions[0], "miraobj, a teapot on a windowsill")
+    for question in questions[1:3]:
+        await press(bot, question, "Approve", mira)
+        assert thread.said()[-1] == f"Approved: `{CAPTION.search(question.content)['caption']}`"
+    await press(bot, questions[3], "Skip", mira)
+    assert thread.said()[-1] == f"Skipped `{files[3]}` as a sample; it will be captioned with the rest."
+    assert await new_jobs(bot, before) == []  # one sample is still open
+    await press(bot, questions[4], "Approve", mira)
+
+    assert all(all(b.disabled for b in q.buttons()) for q in questions)
+    assert thread.said()[-1] == (
+        "Samples done — captioning the rest now, in the wording we agreed. I'll tell you when it's done."
+    )
+    assert await new_jobs(bot, before) == ["caption_batch"]
+    assert read_caption(project, files[0]) == "miraobj, a teapot on a windowsill"
+    assert [read_caption(project, f) for f in files[1:3]] == proposed[1:3]
+    assert read_caption(project, files[3]) is None
+
+    assert await worker.run(bot) == ["caption_batch"]
+    said = "\n".join(thread.said())
+    assert "Captioned 6 more picture(s)." in said  # the skipped sample is captioned with the rest
+    assert "Checking the dataset again now." in said
+    assert await worker.run(bot) == ["dataset_check"]
+
+    said = "\n".join(thread.said())
+    assert "**Gate 1 (dataset): GO** — 10 pictures, captioned and checked." in said
+    assert file_names(world)[-1] == "dataset-report.md"
+    captions = [p.read_text(encoding="utf-8").strip() for p in project.dataset_dir.glob("*.txt")]
+    assert len(captions) == 10 and all(c.startswith("miraobj, ") for c in captions)
+    assert await bot.store.open_choices(str(thread.id)) == []  # nothing waits, no new offer of captions
+    assert await worker.run(bot) == []
+
+
+async def test_caption_buttons_posted_before_a_restart_still_work(bot, world, mira, painting, worker, bot_settings):
+    thread, questions = await samples_shown(bot, mira, painting, worker)
+    files = [sample_file(thread, q) for q in questions[:2]]
+    proposed = [CAPTION.search(q.content)["caption"] for q in questions[:2]]
+    await bot.close()
+
+    restarted = Bot(bot_settings, world)
+    await restarted.open()
+    try:
+        since = len(world.log)
+        pressed = await press(restarted, questions[0], "Adjust", mira)
+        assert calls_of(world, since) == ["response.send_modal"]
+        (box,) = pressed.response.modal.children
+        assert box.default == proposed[0]  # from SQLite: the new bot never saw the sample
+        await submit(restarted, pressed.response.modal, mira, questions[0], "a teapot, gouache")
+        await press(restarted, questions[1], "Approve", mira)
+    finally:
+        await restarted.close()
+
+    project = Project.existing(bot_settings, OBJECT)
+    assert read_caption(project, files[0]) == "miraobj, a teapot, gouache"
+    assert read_caption(project, files[1]) == proposed[1]
+    assert thread.said()[-2].startswith("Noted — I'll use your wording for the rest: `miraobj, a teapot, gouache`")
+    assert thread.said()[-1] == f"Approved: `{proposed[1]}`"
+    assert all(b.disabled for q in questions[:2] for b in q.buttons())
 
 
 # The relay ----------------------------------------------------------------------------------------

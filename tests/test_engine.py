@@ -303,3 +303,16 @@ async def test_the_artist_can_rewrite_any_caption_later(settings, painting):
     caption = (settings.training_root / "mira-object-1" / "dataset" / "pot.txt").read_text(encoding="utf-8")
     assert caption.rstrip("\n") == 'miraobj, a teapot, "glazed", ünïcode' and caption.count("\n") <= 1
     assert history[-1]["source"] == "artist" and history[-1]["status"] == "adjusted"
+
+
+async def test_captions_are_offered_only_while_a_picture_lacks_one(settings, painting):
+    async with open_store(settings.database_path) as store:
+        c = Conversation(settings, store)
+        await interview(c)
+        checked = await c.act(c.upload({f"pot {i}.jpg": jpeg_bytes(painting(i, (576, 512))) for i in range(3)}))
+        assert choices(checked)[-1].ref == "captions"
+        for i in range(3):
+            await c.act(Say(text=f"caption pot-{i}.jpg: a teapot"))
+        rechecked = await c.act(Say(text="check"))
+    assert "fewer than the 10 an object LoRA needs" in text(rechecked)  # still NO-GO: too few pictures
+    assert not [r for r in choices(rechecked) if r.ref == "captions"]  # but nothing left to caption

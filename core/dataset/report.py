@@ -23,6 +23,10 @@ class GateOne(BaseModel):
     fingerprint: str
 
 
+def _a(kind: str) -> str:
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+
+
 def decide(snapshot: Snapshot) -> GateOne:
     reasons, fixes = [], []
     usable, captioned = snapshot.usable, snapshot.captioned()
@@ -61,11 +65,11 @@ def decide(snapshot: Snapshot) -> GateOne:
         )
     if len(usable) < target.low:
         reasons.append(
-            f"{len(usable)} usable pictures, fewer than the {target.low} a {snapshot.intent.type} LoRA needs"
+            f"{len(usable)} usable pictures, fewer than the {target.low} {_a(snapshot.intent.type)} LoRA needs"
         )
         fixes.append(
-            f"Add at least {target.low - len(usable)} more pictures, because a {snapshot.intent.type} needs {target}: "
-            f"{target.why} (resources/dataset/dataset-sizes.md)."
+            f"Add at least {target.low - len(usable)} more pictures, because {_a(snapshot.intent.type)} needs "
+            f"{target}: {target.why} (resources/dataset/dataset-sizes.md)."
         )
     return GateOne(passed=not reasons, reasons=reasons, fixes=fixes, fingerprint=snapshot.fingerprint())
 
