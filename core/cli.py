@@ -14,7 +14,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from core import intent as intents
-from core.chat import caption_review, chat
 from core.dataset.audit import audit_folder
 from core.dataset.curate import curate
 from core.dataset.duplicates import find_duplicates
@@ -23,12 +22,15 @@ from core.dataset.importer import import_paths
 from core.dataset.inspect import Limits
 from core.dataset.report import write_report
 from core.dataset.snapshot import Snapshot, resolve, take
+from core.environment import commands as environment_commands
 from core.errors import UserError
 from core.families import FAMILIES, Family
 from core.grimoire import Project
 from core.intent import LoraType
 from core.settings import Settings
 from core.store import Store, open_store
+from core.training import commands as training_commands
+from core.training import config_commands
 
 
 def _print(lines: list[str]) -> None:
@@ -114,12 +116,16 @@ async def cmd_report(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def cmd_chat(settings: Settings, args: argparse.Namespace) -> None:
+    from core.chat import chat  # the conversation (and the Claude SDK) loads only when it is used
+
     user = args.user or getpass.getuser()
     print("loratrain chat — type a number to pick an option, paths to add pictures, 'quit' to leave.")
     await chat(settings, args.session or f"terminal-{user}", user, _input_lines(), print)
 
 
 async def cmd_caption(settings: Settings, args: argparse.Namespace) -> None:
+    from core.chat import caption_review
+
     project = Project.existing(settings, args.name)
     print("Caption review — type a number to pick an option, 'quit' to stop (you can come back later).")
     await caption_review(settings, project, getpass.getuser(), args.offline, _input_lines(), print)
@@ -204,6 +210,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--session", help="conversation to resume (default: terminal-USER)")
     p.add_argument("--user", help="your name (default: your login name)")
     p.set_defaults(run=cmd_chat)
+
+    for more in (training_commands, config_commands, environment_commands):
+        more.add_parsers(sub)
 
     p = sub.add_parser("worker", help="run an arq worker for the quick or the GPU queue")
     p.add_argument("--queue", choices=["quick", "gpu"], default="quick", help="which queue to serve")

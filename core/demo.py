@@ -15,7 +15,8 @@ import tempfile
 from pathlib import Path
 
 from core import intent as intents
-from core.captions import propose, write_caption
+from core.captions.formats import write_caption
+from core.captions.proposals import propose
 from core.dataset.curate import curate, most_varied
 from core.dataset.explain import audit_lines, curation_lines, duplicate_lines
 from core.dataset.importer import import_paths

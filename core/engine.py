@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from core import intent as intents
 from core import resources
-from core.captions import write_caption
+from core.captions.formats import write_caption
 from core.dataset.snapshot import set_aside
 from core.errors import UserError
 from core.events import CaptionsProposed, CaptionsWritten, DatasetChecked, Event, JobFailed, JobProgress, JobStarted

@@ -13,7 +13,8 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from core import intent as intents
-from core.captions import Proposal, propose, read_caption, write_caption
+from core.captions.formats import read_caption, write_caption
+from core.captions.proposals import Proposal, propose
 from core.dataset.curate import curate, most_varied
 from core.dataset.explain import audit_lines
 from core.dataset.importer import import_paths

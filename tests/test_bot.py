@@ -21,7 +21,7 @@ from bot.main import LoraBot, run
 from bot.relay import Relay
 from bot.render import Renderer, split
 from bot.train import train
-from core.captions import read_caption
+from core.captions.formats import read_caption
 from core.engine import ANALYZER_ONLY, CAPTIONS_NEXT, Progress, Text
 from core.errors import UserError
 from core.events import JobStarted, RedisStream

@@ -15,10 +15,10 @@ from pydantic import SecretStr
 
 from core import claude_api
 from core import intent as intents
-from core.captions import Proposal, compose, propose, read_caption, write_caption
 from core.captions.analyzer import analyse
 from core.captions.claude import MALFORMED, REFUSED, UNAVAILABLE, encode
-from core.captions.formats import formats
+from core.captions.formats import compose, formats, read_caption, write_caption
+from core.captions.proposals import Proposal, propose
 from core.errors import UserError
 from core.families import Family
 from core.grimoire import Project
