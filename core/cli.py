@@ -26,11 +26,11 @@ from core.environment import commands as environment_commands
 from core.errors import UserError
 from core.families import FAMILIES, Family
 from core.grimoire import Project
-from core.intent import LoraType
+from core.intent import LoraType, with_article
 from core.settings import Settings
 from core.store import Store, open_store
 from core.training import commands as training_commands
-from core.training import config_commands
+from core.training import config_commands, gate_commands
 
 
 def _print(lines: list[str]) -> None:
@@ -48,7 +48,7 @@ def cmd_new(settings: Settings, args: argparse.Namespace) -> None:
         f"Created project {project.name!r}: a {intent.type} LoRA for {FAMILIES[intent.family].display}, "
         f"trigger word `{intent.trigger}`."
     )
-    print(f"For a {intent.type}, aim for {intent.target} — {intent.target.why}.")
+    print(f"For {with_article(intent.type)}, aim for {intent.target} — {intent.target.why}.")
     print(f"Record: {project.path('intent.md')}")
 
 
@@ -211,7 +211,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--user", help="your name (default: your login name)")
     p.set_defaults(run=cmd_chat)
 
-    for more in (training_commands, config_commands, environment_commands):
+    for more in (training_commands, config_commands, environment_commands, gate_commands):
         more.add_parsers(sub)
 
     p = sub.add_parser("worker", help="run an arq worker for the quick or the GPU queue")

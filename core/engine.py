@@ -27,7 +27,7 @@ from core.errors import UserError
 from core.events import CaptionsProposed, CaptionsWritten, DatasetChecked, Event, JobFailed, JobProgress, JobStarted
 from core.families import FAMILIES, Family
 from core.grimoire import Project
-from core.intent import DATASET_TARGETS, LoraType
+from core.intent import DATASET_TARGETS, LoraType, with_article
 from core.jobs import SAMPLES, Job, inbox, job_id
 from core.names import check_project_name, check_trigger_word, suggest_trigger_word
 from core.settings import Settings
@@ -283,8 +283,8 @@ class Engine:
             for name, family in studio_models(self.settings.grimoire):
                 models.setdefault(family, name)
             return Outcome(replies=[
-                Text(text=f"A {kind} LoRA, then. For a {kind}, aim for {target}: {target.why}. "
-                          + resources.quote("dataset/dataset-sizes.md")),
+                Text(text=f"{with_article(kind).capitalize()} LoRA, then. For {with_article(kind)}, aim for "
+                          f"{target}: {target.why}. " + resources.quote("dataset/dataset-sizes.md")),
                 Text(text="One thing to know now, because it's the most common reason LoRAs fail: "
                           + resources.quote("dataset/content-style.md")),
                 Choice(ref="model", prompt="Which base model do you use?",
@@ -331,7 +331,7 @@ class Engine:
         state.update(project=name, phase="collect")
         await self._save(state)
         replies: list[Reply] = [
-            Text(text=f"Your project **{name}** is set up: a {intent.type} LoRA for "
+            Text(text=f"Your project **{name}** is set up: {with_article(intent.type)} LoRA for "
                       f"{FAMILIES[intent.family].display}, trigger word `{trigger}`. I've written it down in "
                       f"`{project.path('intent.md').relative_to(self.settings.grimoire.resolve())}`."),
             Text(text="Now send me your pictures right here (drag and drop; several at a time is fine). I'll "

@@ -20,6 +20,11 @@ class LoraType(StrEnum):
     object = "object"
 
 
+def with_article(word: str) -> str:
+    """'a style', 'an object'."""
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
+
+
 class SizeTarget(BaseModel):
     low: int
     high: int

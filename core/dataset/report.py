@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from core.dataset.curate import Curation
 from core.dataset.explain import issue_lines, names_list
 from core.dataset.snapshot import Snapshot
-from core.intent import LoraType
+from core.intent import LoraType, with_article
 from core.store import Store
 
 
@@ -21,10 +21,6 @@ class GateOne(BaseModel):
     reasons: list[str]  # why it is NO-GO (empty when GO)
     fixes: list[str]  # what to do, one per reason
     fingerprint: str
-
-
-def _a(kind: str) -> str:
-    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
 
 
 def decide(snapshot: Snapshot) -> GateOne:
@@ -64,12 +60,11 @@ def decide(snapshot: Snapshot) -> GateOne:
             "Issues for each one's problem, and resources/dataset/curation-guide.md)."
         )
     if len(usable) < target.low:
-        reasons.append(
-            f"{len(usable)} usable pictures, fewer than the {target.low} {_a(snapshot.intent.type)} LoRA needs"
-        )
+        kind = with_article(snapshot.intent.type)
+        reasons.append(f"{len(usable)} usable pictures, fewer than the {target.low} {kind} LoRA needs")
         fixes.append(
-            f"Add at least {target.low - len(usable)} more pictures, because {_a(snapshot.intent.type)} needs "
-            f"{target}: {target.why} (resources/dataset/dataset-sizes.md)."
+            f"Add at least {target.low - len(usable)} more pictures, because {kind} needs {target}: {target.why} "
+            "(resources/dataset/dataset-sizes.md)."
         )
     return GateOne(passed=not reasons, reasons=reasons, fixes=fixes, fingerprint=snapshot.fingerprint())
 
