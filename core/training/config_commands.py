@@ -62,22 +62,15 @@ def _pictures(project: Project) -> int:
 
 async def cmd_config(settings: Settings, args: argparse.Namespace) -> None:
     project = Project.existing(settings, args.name)
-    intent = intents.load(project)
     optimizer = params.Optimizer(args.optimizer) if args.optimizer else params.Optimizer.adamw8bit
-    chosen = params.defaults(intent.family, intent.type, _pictures(project), params.Preset(args.preset), optimizer)
-    chosen = chosen.with_overrides(
-        rank=args.rank,
-        batch_size=args.batch,
-        resolution=args.resolution,
-        learning_rate=args.learning_rate,
-        epochs=args.epochs,
-    )
     available = args.available if args.available is not None else vram.detect_available_gb()
-    # parameters-guide.md: checkpointing is turned on whenever the memory would otherwise be tight.
-    if not chosen.gradient_checkpointing and not gate2.estimate_for(chosen, available).fits:
-        chosen = chosen.with_overrides(gradient_checkpointing=True)
+    overrides = {"rank": args.rank, "batch_size": args.batch, "resolution": args.resolution,
+                 "learning_rate": args.learning_rate, "epochs": args.epochs}  # fmt: skip
     async with open_store(settings.database_path) as store:
-        result = await gate2.configure(project, intent, chosen, Backend(args.backend), args.model, available, store)
+        result = await gate2.configure_preset(
+            project, intents.load(project), store, params.Preset(args.preset), Backend(args.backend), args.model,
+            available, optimizer, **overrides,
+        )  # fmt: skip
     if result.gate.passed:
         print("Gate 2 (config): GO — the settings fit your GPU and every value is in its safe range.")
     else:

@@ -13,13 +13,14 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from core.dataset.audit import list_files
 from core.families import FAMILIES, Family
 from core.grimoire import Project
 from core.intent import Intent
 from core.store import Store
 from core.training import params as training
 from core.training.configs import KEEP_LAST, SAVE_EVERY_N_EPOCHS, Backend, Job, write
-from core.training.params import TrainingParams
+from core.training.params import Optimizer, Preset, TrainingParams, defaults
 from core.training.vram import CALCULATOR_FILE, Estimate, estimate
 
 # Which base models each trainer can train (shared/research/backends.md and resources/backends/):
@@ -234,3 +235,24 @@ async def configure(
         },
     )
     return Configured(gate=gate, files=[str(f) for f in written.files], record=str(record), fingerprint=digest)
+
+
+async def configure_preset(
+    project: Project,
+    intent: Intent,
+    store: Store,
+    preset: Preset,
+    backend: Backend,
+    model: str | None,
+    available_gb: float | None,
+    optimizer: Optimizer = Optimizer.adamw8bit,
+    **overrides: object,
+) -> Configured:
+    """Settings from a preset for this project's dataset (plus the artist's overrides), then
+    ``configure``. Gradient checkpointing is turned on whenever the memory would otherwise be tight
+    (resources/training/parameters-guide.md)."""
+    pictures = len(list_files(project.dataset_dir)) if project.dataset_dir.is_dir() else 0
+    chosen = defaults(intent.family, intent.type, pictures, preset, optimizer).with_overrides(**overrides)
+    if not chosen.gradient_checkpointing and not estimate_for(chosen, available_gb).fits:
+        chosen = chosen.with_overrides(gradient_checkpointing=True)
+    return await configure(project, intent, chosen, backend, model, available_gb, store)
