@@ -24,8 +24,18 @@ from core import resources
 from core.captions.formats import write_caption
 from core.dataset.snapshot import set_aside
 from core.errors import UserError
-from core.events import CaptionsProposed, CaptionsWritten, DatasetChecked, Event, JobFailed, JobProgress, JobStarted
+from core.events import (
+    CaptionsProposed,
+    CaptionsWritten,
+    DatasetChecked,
+    Event,
+    GateDecided,
+    JobFailed,
+    JobProgress,
+    JobStarted,
+)
 from core.families import FAMILIES, Family
+from core.gates import all_passed, at_a_glance, ledger
 from core.grimoire import Project
 from core.intent import DATASET_TARGETS, LoraType, with_article
 from core.jobs import SAMPLES, Job, inbox, job_id
@@ -118,6 +128,16 @@ TYPE_TEXT = {
     LoraType.style: "**A style** — how you paint: brushwork, colour palette, lighting, composition.",
     LoraType.object: "**An object or concept** — a specific thing, like a logo or a prop.",
 }
+PRESETS_NEXT = (
+    "Now the training settings. I suggest **Standard** (15 passes over your pictures) — a good balance. "
+    "**Quick** (5) is a fast test of the dataset; **Thorough** (25) is best but slowest, because more passes "
+    "teach more but cost more time (resources/training/presets.md)."
+)
+READY = "All four gates pass: the project is ready to train (training arrives in the next release of loratrain)."
+NOT_READY = (
+    "Training can't start until all four gates pass — nothing overrides this, because each gate catches a problem "
+    "before it costs hours of GPU time (resources/training/training-concepts.md)."
+)
 CAPTION_EDIT = re.compile(r"caption\s+(?P<file>[^\s:]+)\s*:\s*(?P<caption>.+)", re.IGNORECASE | re.DOTALL)
 CAPTIONS_NEXT = (
     "Next come the captions: each one says what is in the picture and how it is made, with your trigger word "
@@ -216,6 +236,8 @@ class Engine:
             return await self._proposed(state, event)
         if isinstance(event, CaptionsWritten):
             return await self._written(state, event)
+        if isinstance(event, GateDecided):
+            return await self._gate_decided(state, event)
         return await self._checked(state, event)
 
     # Phase 1: the intent interview -------------------------------------------------------------
@@ -238,6 +260,8 @@ class Engine:
             return await self._decide_caption(state, action)
         if action.ref == "captions":
             return await self._start_captions(state)
+        if action.ref == "preset":
+            return await self._configure(state, action.value)
         step = state["data"].get("step") if state["phase"] == "intent" else None
         if action.ref != step:
             return Outcome(replies=[Text(text="That question has already been answered.", private=True)])
@@ -404,7 +428,9 @@ class Engine:
             replies += self._gate_summary(event)
             state["phase"] = "collect"
             uncaptioned = event.usable - event.captioned
-            if uncaptioned > 0 and not await self.store.open_choices(state["id"], "cap"):
+            if event.gate_passed:
+                replies.append(await self._offer_presets(state))
+            elif uncaptioned > 0 and not await self.store.open_choices(state["id"], "cap"):
                 ref = "captions"
                 await self.store.offer_choice(state["id"], ref, {})
                 replies.append(
@@ -560,6 +586,50 @@ class Engine:
     def _job(self, name: str, state: dict, *inputs: object) -> Job:
         return Job(name=name, id=job_id(name, state["project"], *inputs), session=state["id"],
                    project=state["project"], args={"offline": bool(state["data"].get("offline"))})  # fmt: skip
+
+    # Phases 7–9: settings (Gate 2), the machine (Gate 3), the dry run (Gate 4) ------------------
+
+    async def _offer_presets(self, state: dict) -> Choice:
+        await self.store.offer_choice(state["id"], "preset", {})
+        return Choice(ref="preset", prompt=PRESETS_NEXT, options=[
+            Option(value="quick", label="Quick"), Option(value="standard", label="Standard"),
+            Option(value="thorough", label="Thorough")])  # fmt: skip
+
+    async def _configure(self, state: dict, preset: str) -> Outcome:
+        if await self.store.take_choice(state["id"], "preset") is None or preset not in (
+            "quick",
+            "standard",
+            "thorough",
+        ):
+            return Outcome(replies=[Text(text="The settings are already being worked out.", private=True)])
+        state["data"]["config_round"] = state["data"].get("config_round", 0) + 1
+        state["phase"] = "config"
+        await self._save(state)
+        job = self._job("configure", state, preset, state["data"]["config_round"])
+        job.args["preset"] = preset
+        return Outcome(replies=[Text(text=f"{preset.capitalize()} it is. Working out the settings and checking "
+                                          "they fit the graphics card (Gate 2)…")], jobs=[job])  # fmt: skip
+
+    async def _gate_decided(self, state: dict, event: GateDecided) -> Outcome:
+        name = {2: "settings", 3: "environment", 4: "dry run"}[event.gate]
+        text = f"{'✅' if event.passed else '❌'} **Gate {event.gate} ({name})**: {event.summary}"
+        if event.fixes:
+            text += "\n" + "\n".join(f"- {fix}" for fix in event.fixes)
+        replies: list[Reply] = [Text(text=text)]
+        if event.record:
+            replies.append(Attachment(path=event.record, caption=f"The full record of Gate {event.gate}."))
+        rounds = (state["data"].get("config_round", 0),)
+        if event.gate == 2 and event.passed:
+            return Outcome(replies=replies, jobs=[self._job("check_environment", state, *rounds)])
+        if event.gate == 3 and event.passed:
+            return Outcome(replies=replies, jobs=[self._job("dry_run", state, *rounds)])
+        states = await ledger(state["project"], self.store, {})
+        replies.append(Text(text=at_a_glance(states) + "\n" + (READY if all_passed(states) else NOT_READY)))
+        if event.gate == 2:  # settings that don't fit: let the artist pick again
+            replies.append(await self._offer_presets(state))
+        state["phase"] = "gates"
+        await self._save(state)
+        return Outcome(replies=replies)
 
     # What an assistant may do: the same validated steps the buttons take, and nothing more -------
     # (No tool marks a gate passed or starts training: gates are decided by the jobs that check them.)

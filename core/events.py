@@ -91,8 +91,19 @@ class CaptionsWritten(_Event):
     problems: list[str]  # plain sentences for pictures Claude could not caption (the analyzer stood in)
 
 
+class GateDecided(_Event):
+    """Gate 2, 3 or 4 was checked: its decision, in plain words, and the record it wrote."""
+
+    kind: Literal["gate_decided"] = "gate_decided"
+    gate: int
+    passed: bool
+    summary: str
+    fixes: list[str]
+    record: str | None = None  # config.md, environment.md or status.md
+
+
 Event = Annotated[
-    JobStarted | JobProgress | JobFailed | DatasetChecked | CaptionsProposed | CaptionsWritten,
+    JobStarted | JobProgress | JobFailed | DatasetChecked | CaptionsProposed | CaptionsWritten | GateDecided,
     Field(discriminator="kind"),
 ]
 EVENT = TypeAdapter(Event)

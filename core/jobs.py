@@ -7,6 +7,7 @@ what is on disk, and events carry ids derived from the job id, so a second run d
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 
@@ -15,17 +16,21 @@ from pydantic import BaseModel
 from core import intent as intents
 from core.captions.formats import read_caption, write_caption
 from core.captions.proposals import Proposal, propose
+from core.dataset.audit import list_files
 from core.dataset.curate import curate, most_varied
 from core.dataset.explain import audit_lines
 from core.dataset.importer import import_paths
 from core.dataset.report import write_report
 from core.dataset.sidebyside import side_by_side
 from core.dataset.snapshot import take
+from core.environment import gate3
+from core.environment.probe import probe
 from core.errors import UserError
 from core.events import (
     CaptionsProposed,
     CaptionsWritten,
     DatasetChecked,
+    GateDecided,
     JobFailed,
     JobProgress,
     JobStarted,
@@ -33,10 +38,16 @@ from core.events import (
     ProposedCaption,
     Publish,
 )
+from core.families import Family
 from core.grimoire import Project, inside
 from core.intent import Intent
 from core.settings import Settings
 from core.store import Store, open_store
+from core.studio import gpu_memory_gb, model_path
+from core.training import dryrun, gate2
+from core.training.configs import Backend
+from core.training.params import Preset
+from core.training.vram import detect_available_gb
 
 
 class Job(BaseModel):
@@ -158,11 +169,69 @@ async def _propose(settings: Settings, store: Store, project: Project, intent: I
     return await propose(settings, store, project, intent, files, examples, job.args.get("offline", False), progress)
 
 
-JOBS = {"dataset_check": dataset_check, "caption_samples": caption_samples, "caption_batch": caption_batch}
+def default_backend(family: Family) -> Backend:
+    """The built-in trainer where it can train the family (SD 1.5, SDXL, Pony), else kohya (Flux)."""
+    return Backend.builtin if family is not Family.flux else Backend.kohya
+
+
+async def configure(settings: Settings, job: Job, publish: Publish) -> None:
+    """Gate 2: settings from the chosen preset, the backend's files, config.md."""
+    project = Project.existing(settings, job.project)
+    intent = intents.load(project)
+    backend = Backend(job.args.get("backend") or default_backend(intent.family))
+    model = job.args.get("model") or model_path(settings.grimoire, intent.family)
+    async with open_store(settings.database_path) as store:
+        available = gpu_memory_gb(settings.grimoire) or detect_available_gb()
+        done = await gate2.configure_preset(project, intent, store, Preset(job.args["preset"]), backend, model,
+                                            available)  # fmt: skip
+    summary = "GO — the settings fit the GPU and every value is in its safe range." if done.gate.passed else "NO-GO"
+    await publish(GateDecided(id=f"{job.id}:gate", gate=2, passed=done.gate.passed, summary=summary,
+                              fixes=done.gate.reasons, record=done.record, **_about(job)))  # fmt: skip
+
+
+async def check_environment(settings: Settings, job: Job, publish: Publish) -> None:
+    """Gate 3: this worker's GPU, driver, CUDA, PyTorch, disk and trainer, checked for the project."""
+    project = Project.existing(settings, job.project)
+    intent = intents.load(project)
+    async with open_store(settings.database_path) as store:
+        config = await store.gate(project.name, 2)
+        backend = (config or {}).get("details", {}).get("backend", str(default_backend(intent.family)))
+        estimate = (config or {}).get("details", {}).get("estimate_gb")
+        pictures = len(list_files(project.dataset_dir))
+        env = await asyncio.to_thread(probe, backend, None, pictures, settings.grimoire, family=intent.family,
+                                      vram_needed_gb=estimate)  # fmt: skip
+        gate = await gate3.decide(env, project, store)
+    fixes = [f"{p.problem} {p.fix}" for p in env.problems if p.blocking]
+    await publish(GateDecided(id=f"{job.id}:gate", gate=3, passed=gate.passed, summary=gate.summary, fixes=fixes,
+                              record=str(project.path("environment.md")), **_about(job)))  # fmt: skip
+
+
+async def dry_run_job(settings: Settings, job: Job, publish: Publish) -> None:
+    """Gate 4: a few real training steps with the configured trainer."""
+    project = Project.existing(settings, job.project)
+    await publish(JobStarted(id=f"{job.id}:started", text="Dry run", total=dryrun.STEPS, **_about(job)))
+    async with open_store(settings.database_path) as store:
+        gate = await dryrun.dry_run(project, store)
+    status = str(project.path("status.md"))
+    await publish(GateDecided(id=f"{job.id}:gate", gate=4, passed=gate.passed, summary=gate.summary,
+                              fixes=gate.adjustments, record=status, **_about(job)))  # fmt: skip
+
+
+JOBS = {
+    "dataset_check": dataset_check,
+    "caption_samples": caption_samples,
+    "caption_batch": caption_batch,
+    "configure": configure,
+    "check_environment": check_environment,
+    "dry_run": dry_run_job,
+}
 DOING = {  # what each job does, for its failure message
     "dataset_check": "checking your pictures",
     "caption_samples": "writing sample captions",
     "caption_batch": "captioning your pictures",
+    "configure": "writing the training settings",
+    "check_environment": "checking the training machine",
+    "dry_run": "running the dry run",
 }
 FAILED = "Something went wrong while {doing}. Your pictures and decisions are safe; please try again in a moment."
 

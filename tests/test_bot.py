@@ -560,7 +560,7 @@ async def test_once_every_sample_is_decided_the_rest_are_captioned_and_gate_one_
     assert file_names(world)[-1] == "dataset-report.md"
     captions = [p.read_text(encoding="utf-8").strip() for p in project.dataset_dir.glob("*.txt")]
     assert len(captions) == 10 and all(c.startswith("miraobj, ") for c in captions)
-    assert await bot.store.open_choices(str(thread.id)) == []  # nothing waits, no new offer of captions
+    assert await bot.store.open_choices(str(thread.id)) == ["preset"]  # no new offer of captions: settings next
     assert await worker.run(bot) == []
 
 

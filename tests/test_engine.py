@@ -316,3 +316,31 @@ async def test_captions_are_offered_only_while_a_picture_lacks_one(settings, pai
         rechecked = await c.act(Say(text="check"))
     assert "fewer than the 10 an object LoRA needs" in text(rechecked)  # still NO-GO: too few pictures
     assert not [r for r in choices(rechecked) if r.ref == "captions"]  # but nothing left to caption
+
+
+async def test_after_gate_one_the_settings_machine_and_dry_run_gates_follow(settings, painting, tmp_path):
+    from core.training.tiny import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "tiny", "sd15")
+    settings.grimoire.mkdir(parents=True, exist_ok=True)
+    (settings.grimoire / "studio.md").write_text(
+        f"# Studio\n\n## Models\n- **Tiny SD 1.5** (sd15): {model}\n\n## GPU\n- **Local**: NVIDIA RTX 4090, 24 GB\n"
+    )
+    async with open_store(settings.database_path) as store:
+        c = Conversation(settings, store)
+        await interview(c)
+        await c.act(c.upload({f"pot {i}.jpg": jpeg_bytes(painting(i, (576, 512))) for i in range(10)}))
+        for i in range(10):
+            await c.act(Say(text=f"caption pot-{i}.jpg: a teapot, view {i}"))
+        checked = await c.act(Say(text="check"))
+        preset = choices(checked)[-1]
+        assert preset.ref == "preset" and "resources/training/presets.md" in preset.prompt
+        assert [o.label for o in preset.options] == ["Quick", "Standard", "Thorough"]
+        gates = await c.act(Decide(ref="preset", value="standard"))
+    said = text(gates)
+    assert "✅ **Gate 2 (settings)**: GO" in said
+    assert "❌ **Gate 3 (environment)**" in said and "No NVIDIA GPU was found" in said  # this machine has none
+    assert "✅ Dataset ✅ Config ❌ Environment ⏸ Dry run" in said
+    assert "Training can't start until all four gates pass" in said
+    records = [r.path for r in gates if isinstance(r, Attachment)]
+    assert any(p.endswith("config.md") for p in records) and any(p.endswith("environment.md") for p in records)

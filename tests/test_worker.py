@@ -19,7 +19,6 @@ from arq.worker import Worker
 
 from core import intent as intents
 from core.engine import Attachment, Engine, Progress, Text, Upload
-from core.errors import UserError
 from core.events import DatasetChecked, RedisStream
 from core.families import Family
 from core.grimoire import Project
@@ -40,7 +39,12 @@ def queued(settings, redis_url):
     """Settings for one test: its grimoire, the test Redis, and queue and stream names of its own."""
     tag = uuid4().hex[:8]
     return settings.model_copy(
-        update={"redis_url": redis_url, "quick_queue": f"{tag}:quick", "events_stream": f"{tag}:events"}
+        update={
+            "redis_url": redis_url,
+            "quick_queue": f"{tag}:quick",
+            "gpu_queue": f"{tag}:gpu",
+            "events_stream": f"{tag}:events",
+        }
     )
 
 
@@ -240,8 +244,11 @@ async def test_a_job_over_its_time_limit_is_stopped_and_told_plainly(queued, red
     assert found[-1].message == FAILED.format(doing="checking your pictures")
 
 
-def test_the_gpu_worker_refuses_to_start_until_gpu_jobs_exist(queued, cli):
-    with pytest.raises(UserError, match="arrive with training"):
-        worker_settings(queued, "gpu")
-    code, _, err = cli("worker", "--queue", "gpu")
-    assert code == 2 and "There are no GPU jobs to run yet" in err
+async def test_gpu_jobs_go_to_the_gpu_queue_one_at_a_time(queued, redis):
+    gpu = worker_settings(queued, "gpu")
+    quick = worker_settings(queued, "quick")
+    assert [f.name for f in gpu["functions"]] == ["dry_run"] and gpu["max_jobs"] == 1
+    assert "dry_run" not in [f.name for f in quick["functions"]]
+    job = Job(name="dry_run", id=job_id("dry_run", "p", 1), session="s", project="p")
+    assert await submit(redis, queued, job)
+    assert await redis.zcard(queued.gpu_queue) == 1 and await redis.zcard(queued.quick_queue) == 0
