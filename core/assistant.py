@@ -60,6 +60,17 @@ TOOLS = [
         "input_schema": {"type": "object", "properties": {}},
     },
     {
+        "name": "choose_preset",
+        "description": "Once Gate 1 has passed and the artist has chosen, work out the training settings from a "
+        "preset and check Gate 2; the machine (Gate 3) and the dry run (Gate 4) follow as jobs, their results "
+        "reaching the artist as their own messages. Refused before Gate 1 passes.",
+        "input_schema": {
+            "type": "object",
+            "properties": {"preset": {"type": "string", "enum": ["quick", "standard", "thorough"]}},
+            "required": ["preset"],
+        },
+    },
+    {
         "name": "get_status",
         "description": "Where the session stands: phase, project, intent, Gate 1, duplicate pairs waiting.",
         "input_schema": {"type": "object", "properties": {}},
@@ -74,7 +85,11 @@ TOOLS = [
         },
     },
 ]
-ACTIONS = ("create_intent", "check_dataset")  # the tools whose outcome the scripted answer can't replace
+ACTIONS = (
+    "create_intent",
+    "check_dataset",
+    "choose_preset",
+)  # the tools whose outcome the scripted answer can't replace
 
 
 def _result(call: ToolUseBlock, content: str, error: bool = False) -> dict:
@@ -195,6 +210,8 @@ class ClaudeAssistant:
                 done = await engine.tool_create_intent(session, *fields)
             elif call.name == "check_dataset":
                 done = await engine.tool_check_dataset(session)
+            elif call.name == "choose_preset":
+                done = await engine.tool_choose_preset(session, str(args.get("preset", "")))
             elif call.name == "get_status":
                 return _result(call, json.dumps(await engine.tool_status(session), default=str))
             elif call.name == "read_reference":

@@ -653,6 +653,15 @@ class Engine:
             raise UserError("There is no project yet: the intent interview comes first.")
         return await self.scripted(state, "check")
 
+    async def tool_choose_preset(self, session: str, preset: str) -> Outcome:
+        """Gate 2 from a preset, then Gates 3 and 4 as jobs; refused until Gate 1 has passed on today's dataset."""
+        state = await self._state(session)
+        dataset_gate = await self.store.gate(state["project"], 1) if state["project"] else None
+        if not (dataset_gate and dataset_gate["passed"]):
+            raise UserError("The training settings come after the dataset passes Gate 1; it hasn't yet.")
+        await self.store.offer_choice(session, "preset", {})
+        return await self._configure(state, preset)
+
     async def tool_status(self, session: str) -> dict:
         """Facts about the session for the assistant's context: phase, project, intent, Gate 1."""
         state = await self._state(session)
@@ -660,7 +669,7 @@ class Engine:
         if state["project"]:
             project = Project.existing(self.settings, state["project"])
             facts["intent"] = intents.load(project).model_dump(mode="json")
-            facts["gate_1"] = await self.store.gate(state["project"], 1)
+            facts["gates"] = {n: await self.store.gate(state["project"], n) for n in (1, 2, 3, 4)}
             facts["duplicates_waiting"] = len(await self.store.open_choices(session, "dup:"))
         return facts
 

@@ -10,7 +10,8 @@ import pytest
 from pydantic import SecretStr
 
 from core.assistant import UNAVAILABLE, ClaudeAssistant, make_assistant
-from core.engine import Decide, Say, Text
+from core.engine import Decide, Engine, Say, Text
+from core.errors import UserError
 from core.settings import Settings
 from core.store import open_store
 from tests.messages_stub import MessagesStub, text, tool
@@ -61,7 +62,7 @@ async def test_claude_creates_the_project_through_the_engine_and_the_artist_sees
     assert (await chat.engine.store.session(chat.session))["phase"] == "collect"
 
     first, second = api.requests
-    assert [t["name"] for t in first["tools"]] == ["create_intent", "check_dataset", "get_status", "read_reference"]
+    assert [t["name"] for t in first["tools"]] == ["create_intent", "check_dataset", "choose_preset", "get_status", "read_reference"]
     assert "Never train without all four gates" in first["system"] and "## The eight rules" in first["system"]
     assert "never 'oil painting'" in first["system"]  # the artist's eye
     assert '"phase": "intent"' in first["system"] and '"step": "type"' in first["system"]  # the session's facts
@@ -166,7 +167,7 @@ async def test_the_check_status_and_reference_tools(chat, api):
     outcome = await chat.engine.handle(chat.session, chat.owner, Say(text="where are we? please check"))
 
     status, sizes, outside, check = api.requests[1]["messages"][-1]["content"]
-    assert '"project": "mira-style-1"' in status["content"] and '"gate_1": null' in status["content"]
+    assert '"project": "mira-style-1"' in status["content"] and '"gates": {' in status["content"]
     assert sizes["content"].startswith("# How many pictures a LoRA needs") and not sizes.get("is_error")
     assert outside["is_error"] and "missing from this installation" in outside["content"]
     assert "Started: dataset_check" in check["content"]
@@ -244,3 +245,13 @@ def test_claude_is_used_only_with_a_key(monkeypatch):
     assert settings.anthropic_api_key.get_secret_value() == "sk-from-the-usual-variable"
     assert "sk-from" not in repr(settings)
     assert isinstance(make_assistant(settings), ClaudeAssistant)
+
+
+async def test_the_preset_tool_is_refused_before_gate_one_passes(settings):
+    async with open_store(settings.database_path) as store:
+        engine = Engine(settings, store)
+        await engine.start("t1", "u1", "Mira")
+        await engine.tool_create_intent("t1", "style", "sdxl", "mirastyle", "")
+        with pytest.raises(UserError, match="after the dataset passes Gate 1"):
+            await engine.tool_choose_preset("t1", "standard")
+        assert await store.gate("mira-style-1", 2) is None
