@@ -2,8 +2,9 @@
 
 It plays the artist: makes a folder of sample paintings (with a near-duplicate, a picture that is
 too small, a file cut off partway and a text file posing as a JPEG, on purpose), then runs
-new → add → audit → dupes → curate → report → caption → report, printing each step as the artist would
-read it (the captions are written by the local analyzer; the demo approves the samples, and says so).
+new → add → audit → dupes → curate → report → caption → report → config → env → dryrun, printing each
+step as the artist would read it (the captions are written by the local analyzer and the demo approves
+the samples; the dry run trains a tiny SDXL-shaped model built from a config — the demo says so).
 No network, token or GPU.
 """
 
@@ -22,15 +23,25 @@ from core.dataset.explain import audit_lines, curation_lines, duplicate_lines
 from core.dataset.importer import import_paths
 from core.dataset.report import write_report
 from core.dataset.snapshot import resolve, take
+from core.environment import gate3
+from core.environment.probe import probe
 from core.families import Family
+from core.gates import at_a_glance, ledger
 from core.grimoire import Project
 from core.intent import LoraType
 from core.jobs import SAMPLES
 from core.samples import scene, variant, write_jpeg
 from core.settings import Settings
 from core.store import open_store
+from core.training import gate2
+from core.training.configs import Backend
+from core.training.dryrun import dry_run
+from core.training.params import Preset
+from core.training.tiny import build_tiny_model
 
 NAME = "demo-style"
+DEMO_GPU_GB = 24.0  # the memory check needs a card; the demo says it pretends one
+DEMO_RESOLUTION = 512  # the lowest safe size for SDXL: keeps the demo's dry run quick on a CPU
 TRIGGER = "demostyle_lt"
 SCENES = 22
 
@@ -47,7 +58,7 @@ def make_samples(folder: Path) -> None:
 
 
 def _step(number: int, title: str) -> None:
-    print(f"\n── Step {number} of 8: {title} " + "─" * max(0, 60 - len(title)))
+    print(f"\n── Step {number} of 11: {title} " + "─" * max(0, 60 - len(title)))
 
 
 async def _run(settings: Settings, artist_folder: Path) -> None:
@@ -104,7 +115,34 @@ async def _run(settings: Settings, artist_folder: Path) -> None:
         gate, path = await write_report(snapshot, curate(snapshot), store)
         print(f"Gate 1 (dataset): {'GO' if gate.passed else 'NO-GO'} — " + ("; ".join(gate.reasons) or "ready") + ".")
         print(f"Written: {path}")
-        print("\nNext (coming in later steps of loratrain): training settings, environment check, dry run, training.")
+
+        _step(9, "Gate 2: the training settings (config)")
+        model = build_tiny_model(settings.grimoire / "models" / "tiny-sdxl", "sdxl")
+        print(
+            f"The demo trains on a tiny SDXL-shaped model built from a config ({model}) at {DEMO_RESOLUTION} px, "
+            f"and pretends a {DEMO_GPU_GB:g} GB graphics card for the memory check: no GPU is needed here."
+        )
+        configured = await gate2.configure_preset(project, intent, store, Preset.standard, Backend.builtin,
+                                                  str(model), DEMO_GPU_GB, resolution=DEMO_RESOLUTION)  # fmt: skip
+        verdict = "GO" if configured.gate.passed else "NO-GO — " + "; ".join(configured.gate.reasons)
+        estimate = configured.gate.estimate.estimate_gb
+        print(f"Gate 2 (config): {verdict}. Estimated memory for a real SDXL model: {estimate:.1f} GB.")
+        print(f"Written: {configured.record}")
+
+        _step(10, "Gate 3: this machine (env)")
+        env = await asyncio.to_thread(probe, "builtin", None, len(snapshot.usable), settings.grimoire,
+                                      family=intent.family)  # fmt: skip
+        machine = await gate3.decide(env, project, store)
+        print(f"Gate 3 (environment): {machine.summary}")
+
+        _step(11, "Gate 4: the dry run (dryrun)")
+        dry = await dry_run(project, store)
+        print(f"Gate 4 (dry run): {dry.summary}")
+
+        states = await ledger(project.name, store, {})
+        print(f"\n{at_a_glance(states)}")
+        print("Training would start only when all four pass; real training, evaluation and registration come in "
+              "the next releases of loratrain.")  # fmt: skip
         print(f"Everything is recorded under {project.root.resolve()}")
 
 

@@ -54,14 +54,16 @@ def test_invalid_input_is_a_plain_message_and_exit_code_2(cli):
 def test_demo_runs_the_whole_dataset_phase_offline(cli, tmp_path):
     code, out, err = cli("demo")
     assert code == 0, err
-    for step in range(1, 9):
-        assert f"Step {step} of 8" in out
+    for step in range(1, 12):
+        assert f"Step {step} of 11" in out
     assert "❌ forest-late.jpg: This file is cut off partway" in out
     assert "❌ notes.jpg: This is a text file" in out
     assert "I found 1 pair of duplicates" in out
     assert "Gate 1 (dataset): NO-GO — images are not captioned yet." in out
     assert "(the demo plays the artist and presses Approve)" in out
-    assert "Gate 1 (dataset): GO — ready." in out.split("Step 8 of 8")[1]
+    assert "Gate 1 (dataset): GO — ready." in out.split("Step 8 of 11")[1]
+    assert "Gate 4 (dry run): Dry run passed — model loaded, 3 steps completed, no errors." in out
+    assert "✅ Dataset ✅ Config ❌ Environment ⚠️ Dry run" in out  # no GPU here: the gates hold
     root = tmp_path / "grimoire" / "training" / "demo-style"
     assert (root / "intent.md").is_file() and (root / "dataset-report.md").is_file()
     assert len(list((root / "excluded").iterdir())) == 1
