@@ -62,7 +62,13 @@ async def test_claude_creates_the_project_through_the_engine_and_the_artist_sees
     assert (await chat.engine.store.session(chat.session))["phase"] == "collect"
 
     first, second = api.requests
-    assert [t["name"] for t in first["tools"]] == ["create_intent", "check_dataset", "choose_preset", "get_status", "read_reference"]
+    assert [t["name"] for t in first["tools"]] == [
+        "create_intent",
+        "check_dataset",
+        "choose_preset",
+        "get_status",
+        "read_reference",
+    ]
     assert "Never train without all four gates" in first["system"] and "## The eight rules" in first["system"]
     assert "never 'oil painting'" in first["system"]  # the artist's eye
     assert '"phase": "intent"' in first["system"] and '"step": "type"' in first["system"]  # the session's facts

@@ -67,3 +67,10 @@ def test_the_gates_at_a_glance_and_a_changed_caption_voids_gate_one(cli, configu
     _, out, _ = cli("gates", "pots")
     assert out.splitlines()[0] == "⚠️ Dataset ⚠️ Config ⏸ Environment ⚠️ Dry run"
     assert "what it checked has changed since" in out
+
+
+def test_a_machine_check_counts_until_the_machine_changes(cli, configured):
+    assert cli("env", "pots")[0] == 0  # this machine has no GPU: Gate 3 is recorded as NO-GO
+    _, out, _ = cli("gates", "pots")
+    assert out.splitlines()[0] == "✅ Dataset ✅ Config ❌ Environment ⏸ Dry run"  # failed, not stale: same machine
+    assert "No NVIDIA GPU was found" in out

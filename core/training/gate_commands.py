@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from pathlib import Path
 
 from core import intent as intents
+from core.dataset.audit import list_files
 from core.dataset.snapshot import take
+from core.environment import gate3
+from core.environment.probe import probe
 from core.gates import MARK, at_a_glance, ledger
 from core.grimoire import Project
 from core.settings import Settings
@@ -17,12 +21,17 @@ from core.training.dryrun import dry_run, inputs_fingerprint
 
 
 async def current_fingerprints(settings: Settings, project: Project, store: Store) -> dict[int, str | None]:
-    """The inputs of Gates 1, 2 and 4 as they are now. Gate 3's machine facts are not re-probed here
-    (the worker checks the machine again before it spends GPU time), so it counts as unchanged."""
-    current: dict[int, str | None] = {1: (await take(project, intents.load(project), settings, store)).fingerprint()}
-    config = await store.gate(project.name, 2)
-    files = [Path(f) for f in (config or {}).get("details", {}).get("files", [])]
+    """The inputs of the four gates as they are now: the dataset and captions, the config files, this
+    machine (probed again, as the settings' trainer and memory need it), and the dry run's inputs."""
+    intent = intents.load(project)
+    current: dict[int, str | None] = {1: (await take(project, intent, settings, store)).fingerprint()}
+    config = (await store.gate(project.name, 2) or {}).get("details", {})
+    files = [Path(f) for f in config.get("files", [])]
     current[2] = gate2.fingerprint(files) if files and all(f.is_file() for f in files) else None
+    pictures = len(list_files(project.dataset_dir))
+    env = await asyncio.to_thread(probe, config.get("backend", "builtin"), None, pictures, settings.grimoire,
+                                  family=intent.family, vram_needed_gb=config.get("estimate_gb"))  # fmt: skip
+    current[3] = gate3.fingerprint(env)
     dry = project.root / "config" / "dryrun.json"
     if dry.is_file():
         gates = {n: await store.gate(project.name, n) for n in (1, 2, 3)}
