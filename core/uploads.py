@@ -6,21 +6,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from core.dataset.importer import refuse_size
+from core.dataset.importer import refuse_size, shown_name
 from core.dataset.sniff import HEAD_BYTES, sniff
 from core.grimoire import inside, write_bytes_atomic
 from core.jobs import inbox
 from core.settings import Settings
 
 
-def _shown(filename: str) -> str:
-    return Path(filename.replace("\\", "/")).name or "upload"
-
-
 def stage_upload(settings: Settings, session: str, upload_id: str, filename: str, data: bytes) -> Path | str:
     """Save one uploaded file to the session's inbox; returns its path, or a plain sentence saying why
     it was refused (the artist's other files are unaffected)."""
-    shown = _shown(filename)
+    shown = shown_name(filename)
     if too_big := refuse_size(settings, filename, len(data)):
         return too_big
     kind = sniff(data[:HEAD_BYTES])

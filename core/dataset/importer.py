@@ -40,14 +40,18 @@ def safe_stem(name: str) -> str:
     return stem[:60] or "image"
 
 
+def shown_name(filename: str) -> str:
+    """The file's own name as the artist gave it, without any folder (Windows or POSIX separators)."""
+    return Path(filename.replace("\\", "/")).name or "upload"
+
+
 def refuse_size(settings: Settings, filename: str, size: int) -> str | None:
     """The plain refusal for a file over the size limit, or None when it is within it. Adapters ask
     before downloading, so an oversized upload is never fetched."""
     if size <= settings.max_upload_bytes:
         return None
-    shown = Path(filename.replace("\\", "/")).name or "upload"
     return (
-        f"{shown}: this file is {size / 1e6:.1f} MB, over the {settings.max_upload_mb:g} MB limit. "
+        f"{shown_name(filename)}: this file is {size / 1e6:.1f} MB, over the {settings.max_upload_mb:g} MB limit. "
         "Export a smaller version (a long side of about 2048 px is plenty for training)."
     )
 
