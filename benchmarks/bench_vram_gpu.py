@@ -43,7 +43,7 @@ from peft import LoraConfig
 from core.families import Family
 from core.training.builtin import TARGET_MODULES
 from core.training.params import Optimizer
-from core.training.vram import LORA_PARAMETERS_PER_RANK, estimate
+from core.training.vram import estimate, lora_parameters_per_rank
 
 GB = 1e9
 RESOLUTION = 1024
@@ -208,7 +208,8 @@ def measure(batch: int, rank: int, checkpointing: bool, steps: int, optimizer: O
     torch.cuda.empty_cache()
     if run.get("base_parameters", SDXL_UNET_PARAMETERS) != SDXL_UNET_PARAMETERS:
         raise SystemExit(f"the UNet has {run['base_parameters']:,} parameters, not SDXL's {SDXL_UNET_PARAMETERS:,}")
-    guess = estimate(Family.sdxl, RESOLUTION, batch, rank, optimizer, "bf16", checkpointing, cache_text_encoder=True)
+    # The runs train as the built-in trainer does, so the estimate is the built-in trainer's.
+    guess = estimate(Family.sdxl, RESOLUTION, batch, rank, optimizer, "bf16", checkpointing, True, backend="builtin")
     run |= {"estimate_gb": guess.estimate_gb, "estimate_breakdown": guess.breakdown}
     if not run["oom"]:
         error = guess.estimate_gb / run["peak_allocated_gb"] - 1
@@ -261,11 +262,11 @@ VERDICT = {True: "met", False: "NOT met", None: "not measured (every run ran out
 
 
 def lora_lines(figures: dict) -> list[str]:
-    """Trained LoRA parameters per rank, beside what the estimate assumes for SDXL."""
+    """Trained LoRA parameters per rank, beside what the estimate assumes for SDXL on the built-in trainer."""
     counted = {run["rank"]: run["lora_parameters"] for run in figures["runs"] if "lora_parameters" in run}
     return [
         f"rank {rank}: {n / 1e6:.1f} M LoRA parameters trained (the estimate assumes "
-        f"{LORA_PARAMETERS_PER_RANK[Family.sdxl] * rank / 1e6:.1f} M)"
+        f"{lora_parameters_per_rank(Family.sdxl, 'builtin') * rank / 1e6:.1f} M)"
         for rank, n in sorted(counted.items())
     ]
 

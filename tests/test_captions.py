@@ -17,8 +17,9 @@ from core import claude_api
 from core import intent as intents
 from core.captions.analyzer import analyse
 from core.captions.claude import MALFORMED, REFUSED, UNAVAILABLE, encode
-from core.captions.formats import compose, formats, read_caption, write_caption
+from core.captions.formats import compose, formats, read_caption, starts_with_trigger, with_trigger, write_caption
 from core.captions.proposals import Proposal, propose
+from core.dataset.snapshot import take
 from core.errors import UserError
 from core.families import Family
 from core.grimoire import Project
@@ -318,9 +319,56 @@ def test_write_caption_refuses_a_caption_without_the_trigger_first_or_a_picture_
         with pytest.raises(UserError):
             write_caption(project, file, "mirastyle, a fox", TRIGGER)
     assert read_caption(project, name) is None
-    for caption in ("mirastyle", "mirastyle painting of a fox", "Mirastyle, a fox"):
+    for caption, written in [
+        ("mirastyle", "mirastyle"),
+        ("mirastyle painting of a fox", "mirastyle, painting of a fox"),  # the comma the rule needs is added
+        ("Mirastyle, a fox", "Mirastyle, a fox"),
+    ]:
         write_caption(project, name, caption, TRIGGER)
-        assert read_caption(project, name) == caption
+        assert read_caption(project, name) == written and starts_with_trigger(written, TRIGGER)
+
+
+def test_one_rule_for_a_caption_that_starts_with_the_trigger_word():
+    for caption in ("mirastyle", "mirastyle, a fox", "mirastyle , a fox", "  mirastyle,a fox", "MiraStyle, a fox"):
+        assert starts_with_trigger(caption, TRIGGER), caption
+    assert starts_with_trigger("mirastyle, a fox", "MIRASTYLE")
+    for caption in ("", "   ", ",mirastyle", "mirastyle painting of a fox", "mirastyles, a fox", "xmirastyle, a",
+                    "a fox, mirastyle", "mirastyle-ish, a fox", "mirastyle. a fox"):  # fmt: skip
+        assert not starts_with_trigger(caption, TRIGGER), caption
+
+
+def test_with_trigger_puts_a_caption_in_the_form_the_rule_counts():
+    assert with_trigger("mirastyle, a fox", TRIGGER) == ("mirastyle, a fox", False)
+    assert with_trigger("  mirastyle painting of a fox,\n soft light ", TRIGGER) == (
+        "mirastyle, painting of a fox, soft light",
+        False,
+    )
+    assert with_trigger("Mirastyle painting", TRIGGER) == ("mirastyle, painting", False)
+    assert with_trigger("mirastyle", TRIGGER) == ("mirastyle", False)
+    assert with_trigger("a fox, mirastyle", TRIGGER) == ("mirastyle, a fox, mirastyle", True)
+    assert with_trigger("mirastyles, a fox", TRIGGER) == ("mirastyle, mirastyles, a fox", True)
+    assert with_trigger("", TRIGGER) == ("mirastyle", True)
+    for caption in ("mirastyle painting", "a fox", "mirastyles a", "MIRASTYLE", ""):
+        assert starts_with_trigger(with_trigger(caption, TRIGGER)[0], TRIGGER)
+
+
+async def test_a_caption_write_caption_accepts_is_one_gate_1_counts(settings, painting):
+    project = Project.at(settings, "gate-agrees")
+    intents.create(project, LoraType.style, Family.sd15, TRIGGER, "gouache landscapes")
+    typed = ["mirastyle painting of a fox", "mirastyle, a fox", "MIRASTYLE hills at dusk", "mirastyle"]
+    for seed, caption in enumerate(typed):
+        name = add(project, f"p{seed}.jpg", painting(seed, (576, 512)))
+        write_caption(project, name, caption, TRIGGER)
+    add(project, "refused.jpg", painting(9, (576, 512)))
+    for caption in ("mirastyles, a fox", "a fox mirastyle"):
+        with pytest.raises(UserError, match="trigger word"):
+            write_caption(project, "refused.jpg", caption, TRIGGER)
+    async with open_store(settings.database_path) as store:
+        snapshot = await take(project, intents.load(project), settings, store)
+    assert sorted(snapshot.usable) == ["p0.jpg", "p1.jpg", "p2.jpg", "p3.jpg", "refused.jpg"]
+    assert sorted(snapshot.captioned()) == ["p0.jpg", "p1.jpg", "p2.jpg", "p3.jpg"]
+    assert snapshot.captions["p0.jpg"] == "mirastyle, painting of a fox"
+    assert snapshot.captions["p2.jpg"] == "mirastyle, hills at dusk"
 
 
 def test_quotes_commas_unicode_survive_and_newlines_are_flattened(project):

@@ -6,7 +6,9 @@ source of truth: its Style column says tags or sentences, its Separator column h
 The choices the table leaves to us:
 
 - The trigger word comes first, then the separator, always: kohya's ``keep_tokens=1`` keeps the first
-  comma-separated part in place, and Gate 1 reads the same part.
+  comma-separated part in place, and Gate 1 and the built-in trainer read the same part. One rule says
+  when a caption starts with the trigger word, ``starts_with_trigger``; ``with_trigger`` puts a caption
+  in that form, and ``write_caption`` writes only captions in it.
 - Tags (pony, sdxl, sd15): lowercase booru-style tags with spaces, not underscores (``long hair``); an
   underscore between letters or digits becomes a space, so ``^_^`` keeps its own. A comma inside an item
   splits it into two tags. Duplicates are dropped. Order: trigger, Pony's special tags (``score_``,
@@ -89,6 +91,27 @@ def compose(family: Family, trigger: str, content: list[str], style: list[str]) 
     return sep.join([trigger, " ".join(f"{s}." for s in sentences)]) if sentences else trigger
 
 
+def starts_with_trigger(caption: str, trigger: str) -> bool:
+    """Whether the caption's first comma-separated part, stripped, is the trigger word (ignoring case): the
+    one rule for "starts with the trigger word" that Gate 1, the built-in trainer and kohya's
+    ``keep_tokens=1`` count. ``mirastyle painting of a fox`` and ``mirastyles, a fox`` do not."""
+    return caption.split(",", 1)[0].strip().lower() == trigger.strip().lower()
+
+
+def with_trigger(caption: str, trigger: str) -> tuple[str, bool]:
+    """The caption on one line in the form ``starts_with_trigger`` counts, and whether the trigger word had
+    to be added: ``mirastyle painting of…`` becomes ``mirastyle, painting of…`` (not added); a caption
+    without the word gets it in front (added); an empty one is just the word (added)."""
+    caption = " ".join(caption.split())
+    if not caption:
+        return trigger, True
+    if starts_with_trigger(caption, trigger):
+        return caption, False
+    if caption.split(",", 1)[0].lower().startswith(trigger.lower() + " "):
+        return f"{trigger}, {caption[len(trigger) :].strip()}", False
+    return f"{trigger}, {caption}", True
+
+
 def image_path(project: Project, file: str) -> Path:
     """The picture ``file`` in the dataset folder, refusing names that lead outside it."""
     path = inside(project.dataset_dir, project.dataset_dir / file)
@@ -98,17 +121,20 @@ def image_path(project: Project, file: str) -> Path:
 
 
 def write_caption(project: Project, file: str, caption: str, trigger: str) -> Path:
-    """Write ``caption`` on one line beside the picture, atomically; returns the ``.txt`` path."""
+    """Write ``caption`` on one line beside the picture, atomically; returns the ``.txt`` path. A caption
+    that starts with the trigger word and a space is written with a comma after the word (``with_trigger``),
+    so what is written always satisfies ``starts_with_trigger``; one without the word is refused."""
     image = image_path(project, file)
     if not image.is_file():
         raise UserError(f"There is no picture called {file!r} in this project's dataset folder.")
     caption = _flat(caption)
     if not caption:
         raise UserError(f"The caption for {file!r} is empty. Write what is in the picture, after '{trigger}'.")
-    if not re.match(rf"{re.escape(trigger)}(,|\s|$)", caption, re.IGNORECASE):
+    caption, added = with_trigger(caption, trigger)
+    if added:
         raise UserError(
             f"The caption for {file!r} must start with the trigger word '{trigger}' followed by a comma, "
-            f"for example '{trigger}, {caption[:40]}': the trigger word is what calls up the LoRA."
+            f"for example '{caption[:60]}': the trigger word is what calls up the LoRA."
         )
     path = caption_path(image)
     write_atomic(path, caption + "\n")

@@ -37,9 +37,12 @@ class Snapshot:
         return [a.file for a in self.audit.images if a.ok]
 
     def captioned(self) -> list[str]:
-        """Usable pictures whose caption starts with the trigger word (the rule Gate 1 enforces)."""
-        trigger = self.intent.trigger.lower()
-        return [f for f in self.usable if self.captions.get(f, "").split(",")[0].strip().lower() == trigger]
+        """Usable pictures whose caption starts with the trigger word (the rule Gate 1 enforces: the one in
+        ``core.captions.formats.starts_with_trigger``, which the trainers count too)."""
+        from core.captions.formats import starts_with_trigger  # here: formats imports this module
+
+        trigger = self.intent.trigger
+        return [f for f in self.usable if starts_with_trigger(self.captions.get(f, ""), trigger)]
 
     def fingerprint(self) -> str:
         """Changes whenever a picture or a caption changes: a Gate 1 result is only valid for one."""

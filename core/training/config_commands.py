@@ -31,6 +31,7 @@ def cmd_vram(settings: Settings, args: argparse.Namespace) -> None:
         args.gradient_checkpointing,
         args.cache_text_encoder,
         available,
+        backend=Backend(args.backend),
     )
     if args.json:
         print(json.dumps(result.required_keys()))
@@ -65,7 +66,7 @@ async def cmd_config(settings: Settings, args: argparse.Namespace) -> None:
     optimizer = params.Optimizer(args.optimizer) if args.optimizer else params.Optimizer.adamw8bit
     available = args.available if args.available is not None else vram.detect_available_gb()
     overrides = {"rank": args.rank, "batch_size": args.batch, "resolution": args.resolution,
-                 "learning_rate": args.learning_rate, "epochs": args.epochs}  # fmt: skip
+                 "learning_rate": args.learning_rate, "epochs": args.epochs, "repeats": args.repeats}  # fmt: skip
     async with open_store(settings.database_path) as store:
         result = await gate2.configure_preset(
             project, intents.load(project), store, params.Preset(args.preset), Backend(args.backend), args.model,
@@ -99,6 +100,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--cache-text-encoder", action="store_true", help="text encoders' outputs cached beforehand")
     p.add_argument("--available", type=float, help="the GPU's free memory in GB (default: this machine's GPU)")
+    p.add_argument(
+        "--backend",
+        choices=[b.value for b in Backend],
+        default=Backend.kohya.value,
+        help="which trainer runs it: its LoRA layers set the LoRA's size (default: kohya)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=cmd_vram)
 
@@ -114,4 +121,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--learning-rate", type=float, help="learning rate")
     p.add_argument("--optimizer", choices=optimizers, help="optimiser (its starting learning rate comes with it)")
     p.add_argument("--epochs", type=int, help="passes over the pictures (overrides the preset)")
+    p.add_argument("--repeats", type=int, help="times each picture is shown per pass (default: from the picture count)")
     p.set_defaults(run=cmd_config)

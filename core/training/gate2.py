@@ -60,7 +60,8 @@ class Configured(BaseModel):
     fingerprint: str
 
 
-def estimate_for(p: TrainingParams, available_gb: float | None) -> Estimate:
+def estimate_for(p: TrainingParams, available_gb: float | None, backend: Backend = Backend.kohya) -> Estimate:
+    """The memory estimate for these settings on ``backend``, whose layers set the LoRA's size."""
     return estimate(
         p.family,
         p.resolution,
@@ -70,6 +71,7 @@ def estimate_for(p: TrainingParams, available_gb: float | None) -> Estimate:
         str(p.precision),
         p.gradient_checkpointing,
         available_gb=available_gb,
+        backend=backend,
     )
 
 
@@ -85,7 +87,7 @@ def compatibility(backend: Backend, family: Family) -> list[str]:
 
 def decide(params: TrainingParams, backend: Backend, available_gb: float | None) -> Gate2:
     """GO only when memory, every setting and the trainer/model pairing are all right."""
-    memory = estimate_for(params, available_gb)
+    memory = estimate_for(params, available_gb, backend)
     reasons = compatibility(backend, params.family) + training.validate(params)
     if available_gb is None:
         reasons.append(
@@ -253,6 +255,6 @@ async def configure_preset(
     (resources/training/parameters-guide.md)."""
     pictures = len(list_files(project.dataset_dir)) if project.dataset_dir.is_dir() else 0
     chosen = defaults(intent.family, intent.type, pictures, preset, optimizer).with_overrides(**overrides)
-    if not chosen.gradient_checkpointing and not estimate_for(chosen, available_gb).fits:
+    if not chosen.gradient_checkpointing and not estimate_for(chosen, available_gb, backend).fits:
         chosen = chosen.with_overrides(gradient_checkpointing=True)
     return await configure(project, intent, chosen, backend, model, available_gb, store)

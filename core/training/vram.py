@@ -1,11 +1,12 @@
 """How much graphics memory a LoRA run needs, part by part (resources/environment/vram-calculator.md).
 
 The estimate is the six parts that file describes: the frozen base model (parameters × bytes of its
-format, sizes read from its table "Model sizes"), the LoRA with its gradients and optimiser state, the
-working space that grows with latent cells × batch, the text encoders unless their outputs are cached,
-the VAE, and CUDA's own overhead. The working space is the least certain part, so its per-cell cost is
-calibrated on the published measurements below (``REFERENCE_POINTS``), which the tests check the estimate
-against; the dry run (Gate 4) then measures the real peak.
+format, sizes read from its table "Model sizes"), the LoRA with its gradients and optimiser state (its
+size set by the layers the trainer puts a LoRA on: ``lora_parameters_per_rank``), the working space
+that grows with latent cells × batch, the text encoders unless their outputs are cached, the VAE, and
+CUDA's own overhead. The working space is the least certain part, so its per-cell cost is calibrated on
+the published measurements below (``REFERENCE_POINTS``), which the tests check the estimate against; the
+dry run (Gate 4) then measures the real peak.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pydantic import BaseModel
 
 from core import resources
 from core.families import Family
+from core.training.configs import Backend
 from core.training.params import Optimizer, optimizers
 
 CALCULATOR_FILE = "environment/vram-calculator.md"
@@ -31,11 +33,45 @@ LORA_BYTES = 10.0
 VAE_PARAMETERS = 0.084e9  # about 84 million (fast.ai forum thread cited in vram-calculator.md)
 OVERHEAD_GB = 1.5  # CUDA kernels and PyTorch "can take up 1-2GB" (HF "Model training anatomy")
 
-# Trained LoRA parameters per unit of rank. SDXL: a rank-32 LoRA on the image model has about 85
-# million (vram-calculator.md, kohya-ss/sd-scripts#695). SD 1.5: a rank-128 kohya LoRA (UNet and text
-# encoder) is a 144 MB file at 2 bytes a parameter. Flux: counted from kohya's networks.lora_flux
-# targets (every linear layer of FLUX.1's 19 double and 38 single blocks, width 3072): 4.8 million.
-LORA_PARAMETERS_PER_RANK = {Family.sd15: 0.56e6, Family.sdxl: 2.66e6, Family.pony: 2.66e6, Family.flux: 4.8e6}
+# Trained LoRA parameters per unit of rank, by trainer and base model. A LoRA on a layer with ``in`` inputs
+# and ``out`` outputs trains rank × (in + out) parameters, so each count is the sum of in + out over the
+# layers the trainer puts a LoRA on, counted on the real layer sizes (diffusers' UNet2DConditionModel
+# built from SD 1.5's and SDXL 1.0's configs on PyTorch's meta device; tests/test_vram.py counts again).
+#
+# kohya (networks.lora): every Linear and 1×1 convolution inside the UNet's Transformer2DModel blocks:
+# attention q/k/v/out, the feed-forward pair and proj_in/proj_out. SDXL: 2,659,840 a rank, the about 85
+# million at rank 32 that kohya-ss/sd-scripts#695's file sizes show. SD 1.5: 423,936 in the UNet, plus
+# the text encoder, which loratrain trains for SD 1.5 (text_encoder_lr, parameters-guide.md): kohya puts
+# a LoRA on every Linear of CLIP ViT-L's 12 attention and MLP blocks, 165,888 a rank, 589,824 in all (a
+# rank-128 file of 144 MiB at 2 bytes a parameter). Flux (networks.lora_flux): every linear layer of
+# FLUX.1's 19 double and 38 single blocks, width 3072: 4.8 million.
+KOHYA_LORA_PARAMETERS_PER_RANK = {
+    Family.sd15: 589_824.0,
+    Family.sdxl: 2_659_840.0,
+    Family.pony: 2_659_840.0,  # an SDXL fine-tune: SDXL's layers
+    Family.flux: 4.8e6,
+}
+# The built-in trainer (core.training.builtin): peft on the UNet's TARGET_MODULES, the attention
+# projections to_q/to_k/to_v/to_out.0 only, and no text encoder. It trains no Flux (Gate 2 refuses the
+# pairing), so for Flux the estimate falls back to kohya's count.
+BUILTIN_LORA_PARAMETERS_PER_RANK = {Family.sd15: 199_296.0, Family.sdxl: 1_451_520.0, Family.pony: 1_451_520.0}
+# SimpleTuner's and ai-toolkit's default LoRA layers are not in our notes (resources/backends/): they are
+# taken as kohya-like (attention, feed-forward and projections of the transformer blocks), the larger
+# count, so the estimate errs toward more memory until someone counts theirs.
+LORA_PARAMETERS_PER_RANK_BY_BACKEND = {
+    Backend.kohya: KOHYA_LORA_PARAMETERS_PER_RANK,
+    Backend.simpletuner: KOHYA_LORA_PARAMETERS_PER_RANK,
+    Backend.ai_toolkit: KOHYA_LORA_PARAMETERS_PER_RANK,
+    Backend.builtin: BUILTIN_LORA_PARAMETERS_PER_RANK,
+}
+LORA_PARAMETERS_PER_RANK = KOHYA_LORA_PARAMETERS_PER_RANK  # the default trainer's, kept for older callers
+
+
+def lora_parameters_per_rank(family: Family, backend: Backend | str = Backend.kohya) -> float:
+    """Trained LoRA parameters per unit of rank when ``backend`` trains ``family`` (the tables above)."""
+    table = LORA_PARAMETERS_PER_RANK_BY_BACKEND[Backend(backend)]
+    return table.get(Family(family), KOHYA_LORA_PARAMETERS_PER_RANK[Family(family)])
+
 
 # Working space per latent cell ((resolution ÷ 8)² per picture) without checkpointing, in bytes,
 # calibrated so the reference points below land in their ranges. Checkpointing keeps about half
@@ -161,9 +197,11 @@ def _parts(
     precision: str,
     gradient_checkpointing: bool,
     cache_text_encoder: bool,
+    backend: Backend = Backend.kohya,
 ) -> dict[str, float]:
     size, weight = model_sizes()[family], WEIGHT_BYTES[precision]
-    lora = LORA_PARAMETERS_PER_RANK[family] * rank * (LORA_BYTES + optimizers()[optimizer].state_bytes)
+    per_rank = lora_parameters_per_rank(family, backend)
+    lora = per_rank * rank * (LORA_BYTES + optimizers()[optimizer].state_bytes)
     cells = (resolution / 8) ** 2 * batch
     activations = ACTIVATION_BYTES_PER_CELL[family] * cells * (CHECKPOINTING_KEEPS if gradient_checkpointing else 1)
     return {
@@ -257,7 +295,10 @@ def estimate(
     gradient_checkpointing: bool = True,
     cache_text_encoder: bool = False,
     available_gb: float | None = None,
+    backend: Backend | str = Backend.kohya,
 ) -> Estimate:
+    """The memory a run needs, part by part. ``backend`` is the trainer, which decides the LoRA's layers
+    (``lora_parameters_per_rank``); without it the estimate is kohya's, as it always was."""
     settings = {
         "family": Family(family),
         "resolution": resolution,
@@ -266,6 +307,7 @@ def estimate(
         "precision": precision,
         "gradient_checkpointing": gradient_checkpointing,
         "cache_text_encoder": cache_text_encoder,
+        "backend": Backend(backend),
     }
     parts = _parts(batch=batch, **settings)
     gb = sum(parts.values())
