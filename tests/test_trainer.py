@@ -148,6 +148,7 @@ def test_epoch_checkpoints_keep_only_the_last(sd15: Path, tmp_path: Path) -> Non
         "lora-epoch002.safetensors",
         "lora-epoch003.safetensors",
         "lora.safetensors",
+        "state",  # only the latest training state, for resuming
     ]
 
 

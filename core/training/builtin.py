@@ -8,9 +8,13 @@ examples do: frozen model, LoRA on the UNet's attention projections, noise-predi
 cached once. The result is saved with kohya's key names (``lora_unet_…``) so diffusers, ComfyUI and
 A1111 all load it.
 
-Progress is one JSON object per line on stdout (``step``, ``epoch``, ``checkpoint``, ``done``); a
-failure is one ``error`` line with a ``kind`` the worker can act on and a plain ``message`` for the
-artist, and a non-zero exit code.
+Progress is one JSON object per line on stdout (``start``, ``step``, ``epoch``, ``checkpoint``, ``done``,
+``log``); a failure is one ``error`` line with a ``kind`` the worker can act on and a plain ``message`` for
+the artist. With each epoch checkpoint the full training state is saved to ``{output}/state/``, so a run
+with ``resume`` continues after a crash, a killed worker or a reboot exactly where that checkpoint was.
+SIGTERM (the worker's Cancel) stops the run after the step in progress, with a ``stopped`` line.
+
+Exit codes: 0 done, 1 failed (the ``error`` line says why), 3 stopped on request (``EXIT_STOPPED``).
 """
 
 from __future__ import annotations
@@ -18,10 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
+import shutil
+import signal
 import sys
+import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +45,9 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
+from core.captions.formats import starts_with_trigger
 from core.dataset.buckets import bucket_for
 from core.dataset.snapshot import caption_path
 
@@ -46,6 +55,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 PIPELINES = {"sd15": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
 BASE_MODEL_VERSION = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}  # kohya's ss_base_model_version
+EXIT_STOPPED = 3  # stopped on request: the last checkpoint and saved state are kept
+STOPPED_MESSAGE = "Training was stopped at your request; the last checkpoint is kept."
+SPEED_WINDOW = 10  # seconds_per_step is the mean of this many latest steps
 
 Emit = Callable[..., None]
 
@@ -78,6 +90,7 @@ class TrainConfig(BaseModel):
     seed: int = 0
     save_every_n_epochs: int = Field(0, ge=0)  # 0: only the final file
     keep_last: int = Field(3, ge=1)
+    resume: bool = False  # continue from the state saved in {output}/state/ when its settings match
 
 
 @dataclass
@@ -93,6 +106,10 @@ class TrainingError(Exception):
     def __init__(self, kind: str, message: str):
         super().__init__(message)
         self.kind, self.message = kind, message
+
+
+class TrainingStopped(Exception):
+    """The run was asked to stop (SIGTERM) and did, after a whole step; ``stopped`` was emitted."""
 
 
 def print_event(event: str, **fields: Any) -> None:
@@ -125,7 +142,7 @@ def read_dataset(config: TrainConfig) -> list[tuple[Path, str]]:
             "Every picture needs a .txt caption beside it, starting with the trigger word.",
         )
     pairs = [(p, caption_path(p).read_text(encoding="utf-8", errors="replace").strip()) for p in images]
-    wrong = [p.name for p, c in pairs if c.split(",")[0].strip().lower() != config.trigger.lower()]
+    wrong = [p.name for p, c in pairs if not starts_with_trigger(c, config.trigger)]
     if wrong:
         raise TrainingError(
             "trigger_missing",
@@ -295,13 +312,170 @@ def prune_checkpoints(config: TrainConfig) -> None:
         old.unlink()
 
 
+# --- saved state (resume) -------------------------------------------------------------------------
+
+STATE_VERSION = 1
+SETTINGS = {  # the settings a saved state is only valid for, with their plain names
+    "arch": "model type",
+    "model": "base model",
+    "rank": "rank",
+    "alpha": "alpha",
+    "resolution": "resolution",
+    "optimizer": "optimizer",
+    "dataset": "dataset folder",
+    "trigger": "trigger word",
+    "learning_rate": "learning rate",
+    "seed": "seed",
+}  # not the batch size: an out-of-memory retry halves it and resumes at the epoch boundary
+
+
+class StateMismatch(Exception):
+    """The saved state was made with other settings; the message names them in plain words."""
+
+
+@dataclass
+class Training:
+    """The live objects of a run: what each step changes, and so what a saved state holds."""
+
+    pipe: Any
+    params: dict[str, torch.nn.Parameter]  # the LoRA weights by their peft names, in the optimizer's order
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any
+    rng: random.Random  # batch order, caption shuffles and dropout
+    device: torch.device
+    dtype: torch.dtype
+
+
+@dataclass
+class SavedState:
+    epoch: int  # epochs finished
+    batch_size: int
+    weights: dict[str, torch.Tensor]
+    training: dict[str, Any]  # optimizer, lr_scheduler, python_rng, torch_rng, cuda_rng
+
+
+def fingerprint(config: TrainConfig) -> dict[str, Any]:
+    """``SETTINGS`` as JSON values, with absolute paths (the same run may start from another folder)."""
+    values = config.model_dump(mode="json", include=set(SETTINGS))
+    return values | {"model": str(config.model.absolute()), "dataset": str(config.dataset.absolute())}
+
+
+def save_state(folder: Path, config: TrainConfig, run: Training, epoch: int, step: int) -> None:
+    """Everything that continues the run after ``epoch``, written beside ``folder`` and then swapped in,
+    so a crash while saving leaves the previous state whole, never a half one that gets loaded."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({name: p.detach().cpu().contiguous() for name, p in run.params.items()}, str(tmp / "lora.safetensors"))
+    rngs = {"python_rng": run.rng.getstate(), "torch_rng": torch.get_rng_state(), "cuda_rng": None}
+    if run.device.type == "cuda":
+        rngs["cuda_rng"] = torch.cuda.get_rng_state(run.device)
+    training = {"optimizer": run.optimizer.state_dict(), "lr_scheduler": run.lr_scheduler.state_dict(), **rngs}
+    torch.save(training, tmp / "training.pt")
+    info = {"version": STATE_VERSION, "epoch": epoch, "step": step, "batch_size": config.batch_size}
+    info["settings"] = fingerprint(config)
+    (tmp / "state.json").write_text(json.dumps(info, indent=2, ensure_ascii=False), encoding="utf-8")
+    for file in tmp.iterdir():  # on disk before the rename makes them the state (a reboot may follow)
+        with file.open("rb") as f:
+            os.fsync(f.fileno())
+    _swap_in(tmp, folder)
+
+
+def _swap_in(tmp: Path, folder: Path) -> None:
+    """Replace ``folder`` by ``tmp`` with renames only. At every moment a whole state is at ``folder``, or,
+    between the two renames, at ``.state.old``, where ``latest_state`` looks too."""
+    old = folder.with_name(f".{folder.name}.old")
+    if folder.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_state(folder: Path) -> Path | None:
+    """The saved state, or the previous one when a crash came between ``_swap_in``'s renames."""
+    for candidate in (folder, folder.with_name(f".{folder.name}.old")):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def read_state(folder: Path, config: TrainConfig, run: Training, epochs: int) -> SavedState:
+    """Read and check a whole state before anything is restored from it. Raises ``StateMismatch`` when it
+    was made with other settings; any other exception means it cannot be read."""
+    info = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    if info["version"] != STATE_VERSION:
+        raise ValueError(f"it is in format {info['version']}, this trainer reads format {STATE_VERSION}")
+    saved, now = info["settings"], fingerprint(config)
+    changed = [
+        f"{name} was {saved.get(key)}, now {now[key]}" for key, name in SETTINGS.items() if saved.get(key) != now[key]
+    ]
+    if info["epoch"] >= epochs:
+        changed.append(f"it was saved after epoch {info['epoch']}, and this run has only {epochs}")
+    if changed:
+        raise StateMismatch("; ".join(changed))
+    weights = load_file(str(folder / "lora.safetensors"))
+    if {k: v.shape for k, v in weights.items()} != {k: p.shape for k, p in run.params.items()}:
+        raise ValueError("its LoRA weights do not fit this model")
+    training = torch.load(folder / "training.pt", map_location="cpu", weights_only=True)
+    if set(training["lr_scheduler"]) != set(run.lr_scheduler.state_dict()):
+        raise ValueError("its learning-rate schedule is not this trainer's")
+    random.Random().setstate(training["python_rng"])  # spare generators: a bad RNG state fails here
+    torch.Generator().set_state(training["torch_rng"])
+    if run.device.type == "cuda" and training["cuda_rng"] is not None:
+        torch.Generator(run.device).set_state(training["cuda_rng"])
+    return SavedState(int(info["epoch"]), int(info["batch_size"]), weights, training)
+
+
+def resume(config: TrainConfig, run: Training, epochs: int, steps_per_epoch: int, emit: Emit) -> int:
+    """Restore the saved state when it fits this run; returns the epochs it had finished (0: start over).
+    A missing, different or damaged state never stops the training: it starts over, and says why."""
+    folder = latest_state(config.output / "state")
+    if folder is None:
+        emit("log", message="There is no saved progress to resume from, so training starts from the beginning.")
+        return 0
+    try:
+        saved = read_state(folder, config, run, epochs)
+        run.optimizer.load_state_dict(saved.training["optimizer"])  # torch checks it all before changing anything
+    except StateMismatch as err:
+        emit("log", message=f"The saved progress was made with different settings ({err}), so training starts over.")
+        return 0
+    except Exception as err:  # a damaged file fails in many ways; none of them may stop the training
+        emit("log", message=f"The saved progress could not be read ({err}), so training starts over.")
+        return 0
+    _restore(saved, run)
+    if saved.batch_size != config.batch_size:
+        step = saved.epoch * steps_per_epoch
+        emit(
+            "log",
+            message=f"The batch size changed from {saved.batch_size} to {config.batch_size} since the progress was "
+            f"saved, so training resumes at the start of epoch {saved.epoch + 1} (step {step}).",
+        )
+        run.lr_scheduler.last_epoch = step - 1  # the schedule counts steps, and there are more or fewer now
+        run.lr_scheduler.step()
+    return saved.epoch
+
+
+def _restore(saved: SavedState, run: Training) -> None:
+    """Weights, schedule and random generators as they were; the RNGs last, as nothing may draw after."""
+    with torch.no_grad():
+        for name, param in run.params.items():
+            param.copy_(saved.weights[name])
+    run.lr_scheduler.load_state_dict(saved.training["lr_scheduler"])
+    run.rng.setstate(saved.training["python_rng"])
+    torch.set_rng_state(saved.training["torch_rng"])
+    if run.device.type == "cuda" and saved.training["cuda_rng"] is not None:
+        torch.cuda.set_rng_state(saved.training["cuda_rng"], run.device)
+
+
 # --- training -------------------------------------------------------------------------------------
 
 
-def train(config: TrainConfig, emit: Emit = print_event) -> TrainResult:
-    """Train and save the LoRA; raises ``TrainingError`` for anything the artist or worker must fix."""
+def train(config: TrainConfig, emit: Emit = print_event, stop: threading.Event | None = None) -> TrainResult:
+    """Train and save the LoRA; raises ``TrainingError`` for anything the artist or worker must fix, and
+    ``TrainingStopped`` when ``stop`` was set (checked between steps)."""
     try:
-        return _train(config, emit)
+        return _train(config, emit, stop or threading.Event())
     except torch.OutOfMemoryError as err:
         raise TrainingError(
             "out_of_memory",
@@ -310,7 +484,7 @@ def train(config: TrainConfig, emit: Emit = print_event) -> TrainResult:
         ) from err
 
 
-def _train(config: TrainConfig, emit: Emit) -> TrainResult:
+def _train(config: TrainConfig, emit: Emit, stop: threading.Event) -> TrainResult:
     started = time.monotonic()
     pairs = read_dataset(config)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -324,6 +498,65 @@ def _train(config: TrainConfig, emit: Emit) -> TrainResult:
     rng = random.Random(config.seed)
 
     pipe = load_pipeline(config, weight_dtype)
+    examples = _prepare(pipe, pairs, config, device)
+    params = {name: p for name, p in pipe.unet.named_parameters() if p.requires_grad}
+
+    steps_per_epoch = len(batches(examples, config.batch_size, random.Random(0)))
+    total_steps = config.max_steps or config.epochs * steps_per_epoch
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    optimizer = make_optimizer(config, list(params.values()), device, emit)
+    warmup = int(config.warmup_ratio * total_steps)
+    name = {"cosine": "cosine", "constant": "constant_with_warmup" if warmup else "constant"}[config.scheduler]
+    lr_scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    run = Training(pipe, params, optimizer, lr_scheduler, rng, device, weight_dtype)
+    done_epochs = resume(config, run, epochs, steps_per_epoch, emit) if config.resume else 0
+    step = done_epochs * steps_per_epoch
+    resumed = {"resumed_from_epoch": done_epochs, "resumed_step": step} if done_epochs else {}
+    emit("start", total_steps=total_steps, epochs=epochs, images=len(examples), device=device.type, **resumed)
+
+    losses: list[float] = []
+    durations: deque[float] = deque(maxlen=SPEED_WINDOW)
+    for epoch in range(done_epochs + 1, epochs + 1):
+        epoch_losses = []
+        for batch in batches(examples, config.batch_size, rng):
+            if step == total_steps:
+                break
+            if stop.is_set():
+                emit("stopped", step=step, epoch=epoch, message=STOPPED_MESSAGE)
+                raise TrainingStopped
+            began = time.monotonic()
+            loss = _update(run, config, batch, step)
+            durations.append(time.monotonic() - began)
+            step += 1
+            losses.append(loss)
+            epoch_losses.append(loss)
+            emit(
+                "step",
+                step=step,
+                total_steps=total_steps,
+                epoch=epoch,
+                loss=round(loss, 6),
+                lr=lr_scheduler.get_last_lr()[0],
+                elapsed_s=round(time.monotonic() - started, 2),
+                seconds_per_step=round(sum(durations) / len(durations), 3),
+                **_memory(device),
+            )
+        emit("epoch", epoch=epoch, epochs=epochs, loss=round(sum(epoch_losses) / len(epoch_losses), 6))
+        if config.save_every_n_epochs and epoch % config.save_every_n_epochs == 0 and epoch < epochs:
+            path = save_lora(
+                pipe.unet, config, config.output / f"{config.name}-epoch{epoch:03d}.safetensors", weight_dtype
+            )
+            save_state(config.output / "state", config, run, epoch, step)
+            prune_checkpoints(config)
+            emit("checkpoint", path=str(path), epoch=epoch, step=step)
+
+    path = save_lora(pipe.unet, config, config.output / f"{config.name}.safetensors", weight_dtype)
+    emit("done", steps=step, path=str(path), elapsed_s=round(time.monotonic() - started, 2))
+    return TrainResult(step, path, losses)
+
+
+def _prepare(pipe, pairs: list[tuple[Path, str]], config: TrainConfig, device) -> list[Example]:
+    """Freeze the model, cache the latents, and put a trainable LoRA on the UNet."""
     unet = pipe.unet
     for part in (pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None), unet):
         if part is not None:
@@ -345,56 +578,32 @@ def _train(config: TrainConfig, emit: Emit) -> TrainResult:
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
-    params = [p for p in unet.parameters() if p.requires_grad]
+    return examples
 
-    steps_per_epoch = len(batches(examples, config.batch_size, random.Random(0)))
-    total_steps = config.max_steps or config.epochs * steps_per_epoch
-    epochs = math.ceil(total_steps / steps_per_epoch)
-    optimizer = make_optimizer(config, params, device, emit)
-    warmup = int(config.warmup_ratio * total_steps)
-    name = {"cosine": "cosine", "constant": "constant_with_warmup" if warmup else "constant"}[config.scheduler]
-    lr_scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
-    emit("start", total_steps=total_steps, epochs=epochs, images=len(examples), device=device.type)
 
-    step, losses = 0, []
-    for epoch in range(1, epochs + 1):
-        epoch_losses = []
-        for batch in batches(examples, config.batch_size, rng):
-            if step == total_steps:
-                break
-            loss = _step(pipe, config, batch, rng, device, weight_dtype)
-            if not math.isfinite(loss.item()):
-                raise TrainingError(
-                    "nan_loss",
-                    f"Training broke down at step {step + 1} (the loss became {loss.item()}). "
-                    "Lower the learning rate, or use bf16 instead of fp16.",
-                )
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            losses.append(loss.item())
-            epoch_losses.append(loss.item())
-            emit(
-                "step",
-                step=step,
-                total_steps=total_steps,
-                epoch=epoch,
-                loss=round(loss.item(), 6),
-                lr=lr_scheduler.get_last_lr()[0],
-                elapsed_s=round(time.monotonic() - started, 2),
-            )
-        emit("epoch", epoch=epoch, epochs=epochs, loss=round(sum(epoch_losses) / len(epoch_losses), 6))
-        if config.save_every_n_epochs and epoch % config.save_every_n_epochs == 0 and epoch < epochs:
-            path = save_lora(unet, config, config.output / f"{config.name}-epoch{epoch:03d}.safetensors", weight_dtype)
-            prune_checkpoints(config)
-            emit("checkpoint", path=str(path), epoch=epoch)
+def _update(run: Training, config: TrainConfig, batch: list[Example], step: int) -> float:
+    """One optimizer step on ``batch``; returns its loss."""
+    loss = _step(run.pipe, config, batch, run.rng, run.device, run.dtype)
+    value = loss.item()
+    if not math.isfinite(value):
+        raise TrainingError(
+            "nan_loss",
+            f"Training broke down at step {step + 1} (the loss became {value}). "
+            "Lower the learning rate, or use bf16 instead of fp16.",
+        )
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(list(run.params.values()), 1.0)
+    run.optimizer.step()
+    run.lr_scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return value
 
-    path = save_lora(unet, config, config.output / f"{config.name}.safetensors", weight_dtype)
-    emit("done", steps=step, path=str(path), elapsed_s=round(time.monotonic() - started, 2))
-    return TrainResult(step, path, losses)
+
+def _memory(device: torch.device) -> dict[str, float]:
+    """The graphics card's peak reserved memory, for the progress display (nothing on the CPU)."""
+    if device.type != "cuda":
+        return {}
+    return {"vram_gb": round(torch.cuda.max_memory_reserved(device) / 1e9, 2)}
 
 
 def _step(pipe, config: TrainConfig, batch: list[Example], rng: random.Random, device, dtype) -> torch.Tensor:
@@ -429,11 +638,15 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValidationError) as err:
         print_event("error", kind="bad_config", message=f"The training settings in {args.config} are not usable: {err}")
         return 1
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())  # the worker's Cancel: end after this step
     try:
-        train(config)
+        train(config, stop=stop)
     except TrainingError as err:
         print_event("error", kind=err.kind, message=err.message)
         return 1
+    except TrainingStopped:
+        return EXIT_STOPPED
     return 0
 
 

@@ -644,6 +644,7 @@ BUILTIN_KEYS: dict[str, Key] = {
     "seed": INT,
     "save_every_n_epochs": INT,
     "keep_last": INT,
+    "resume": BOOL,  # set by the run (core.training.launch), not by builtin_config
 }
 
 
@@ -691,15 +692,15 @@ class Written:
     problems: list[str]  # what the backend checks found; Gate 2 refuses the config if any
 
 
-def _toml(data: dict) -> str:
+def dump_toml(data: dict) -> str:
     return tomli_w.dumps(data)
 
 
-def _json(data: object) -> str:
+def dump_json(data: object) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
-def _yaml(data: dict) -> str:
+def dump_yaml(data: dict) -> str:
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
@@ -708,18 +709,21 @@ def render(backend: Backend, job: Job) -> tuple[dict[str, str], list[str]]:
     match backend:
         case Backend.kohya:
             train, dataset = kohya_configs(job)
-            files = {"kohya-train.toml": _toml(train), "kohya-dataset.toml": _toml(dataset)}
+            files = {"kohya-train.toml": dump_toml(train), "kohya-dataset.toml": dump_toml(dataset)}
             problems = check_kohya(train) + check_kohya_dataset(dataset, job.params.family)
         case Backend.simpletuner:
             config, backends = simpletuner_configs(job)
-            files = {"simpletuner-config.json": _json(config), "simpletuner-multidatabackend.json": _json(backends)}
+            files = {
+                "simpletuner-config.json": dump_json(config),
+                "simpletuner-multidatabackend.json": dump_json(backends),
+            }
             problems = check_simpletuner(config) + check_simpletuner_backends(backends)
         case Backend.ai_toolkit:
             config = ai_toolkit_config(job)
-            files, problems = {"ai-toolkit.yaml": _yaml(config)}, check_ai_toolkit(config)
+            files, problems = {"ai-toolkit.yaml": dump_yaml(config)}, check_ai_toolkit(config)
         case Backend.builtin:
             config = builtin_config(job)
-            files, problems = {"builtin.json": _json(config)}, check_builtin(config)
+            files, problems = {"builtin.json": dump_json(config)}, check_builtin(config)
     return files, problems
 
 
