@@ -41,7 +41,8 @@ def progress_line(progress: Progress) -> str:
     share = min(1.0, progress.done / progress.total) if progress.total > 0 else 0.0
     filled = round(10 * share)
     mark = "✅" if share >= 1 else "⏳"
-    return f"{mark} {progress.text} {'▓' * filled}{'░' * (10 - filled)} {progress.done}/{progress.total}"
+    line = f"{mark} {progress.text} {'▓' * filled}{'░' * (10 - filled)} {progress.done}/{progress.total}"
+    return f"{line}\n{progress.details}" if progress.details else line
 
 
 class Renderer:
@@ -70,7 +71,8 @@ class Renderer:
     async def _show(self, thread: discord.Thread, reply: Reply, private: Private | None) -> None:
         if isinstance(reply, Text):
             send = private if reply.private and private else thread.send
-            for chunk in split(reply.text):
+            text = f"{await self._mention(thread)}{reply.text}" if reply.ping else reply.text
+            for chunk in split(text):
                 await send(chunk)
         elif isinstance(reply, Choice):
             *before, last = split(reply.prompt) or ["…"]
@@ -81,6 +83,11 @@ class Renderer:
             await self._file(thread, reply)
         else:
             await self._progress(thread, reply)
+
+    async def _mention(self, thread: discord.Thread) -> str:
+        """'<@owner> ' for a ping: Discord notifies the artist the session belongs to."""
+        session = await self.store.session(str(thread.id))
+        return f"<@{session['owner']}> " if session else ""
 
     async def _file(self, thread: discord.Thread, reply: Picture | Attachment) -> None:
         caption = split(reply.caption)[0] if reply.caption.strip() else None

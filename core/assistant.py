@@ -71,6 +71,18 @@ TOOLS = [
         },
     },
     {
+        "name": "offer_training",
+        "description": "When all four gates pass, show the artist the final confirmation (pictures, model, trainer, "
+        "estimated time) with a Start training button. Training starts only if the artist presses it; refused, "
+        "naming the gate in the way, unless all four gates pass.",
+        "input_schema": {"type": "object", "properties": {}},
+    },
+    {
+        "name": "cancel_training",
+        "description": "Stop the project's running training when the artist asks; the last checkpoint is kept.",
+        "input_schema": {"type": "object", "properties": {}},
+    },
+    {
         "name": "get_status",
         "description": "Where the session stands: phase, project, intent, Gate 1, duplicate pairs waiting.",
         "input_schema": {"type": "object", "properties": {}},
@@ -89,6 +101,8 @@ ACTIONS = (
     "create_intent",
     "check_dataset",
     "choose_preset",
+    "offer_training",
+    "cancel_training",
 )  # the tools whose outcome the scripted answer can't replace
 
 
@@ -212,6 +226,10 @@ class ClaudeAssistant:
                 done = await engine.tool_check_dataset(session)
             elif call.name == "choose_preset":
                 done = await engine.tool_choose_preset(session, str(args.get("preset", "")))
+            elif call.name == "offer_training":
+                done = await engine.tool_offer_training(session)
+            elif call.name == "cancel_training":
+                done = await engine.tool_cancel_training(session)
             elif call.name == "get_status":
                 return _result(call, json.dumps(await engine.tool_status(session), default=str))
             elif call.name == "read_reference":

@@ -64,7 +64,7 @@ async def chat(
         elif isinstance(reply, FileReply):
             out(f"(file: {reply.path}) {reply.caption}")
         elif isinstance(reply, Progress):
-            out(f"⏳ {reply.text} ({reply.done}/{reply.total})")
+            out(f"⏳ {reply.text} ({reply.done}/{reply.total})" + (f"\n  {reply.details}" if reply.details else ""))
 
     async with open_store(settings.database_path) as store:
         engine = Engine(settings, store, make_assistant(settings))

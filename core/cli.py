@@ -30,7 +30,7 @@ from core.intent import LoraType, with_article
 from core.settings import Settings
 from core.store import Store, open_store
 from core.training import commands as training_commands
-from core.training import config_commands, gate_commands
+from core.training import config_commands, gate_commands, monitor_commands, train_commands
 
 
 def _print(lines: list[str]) -> None:
@@ -211,7 +211,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--user", help="your name (default: your login name)")
     p.set_defaults(run=cmd_chat)
 
-    for more in (training_commands, config_commands, environment_commands, gate_commands):
+    for more in (
+        training_commands,
+        config_commands,
+        environment_commands,
+        gate_commands,
+        train_commands,
+        monitor_commands,
+    ):
         more.add_parsers(sub)
 
     p = sub.add_parser("worker", help="run an arq worker for the quick or the GPU queue")

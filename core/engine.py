@@ -7,7 +7,8 @@ terminal chat only translate; every decision is made here, and every state chang
 restart resumes where the conversation stood.
 
 Phases follow the seed (``PHASES``); this release carries the project from the intent interview
-(phase 1) through audit, duplicates, curation and the Gate 1 report. Captions come next.
+through the dataset, captions and the four gates to training (its confirmation, progress, cancel and
+end). Evaluation and registration come next.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pydantic import BaseModel
 
 from core import intent as intents
 from core import resources
-from core.captions.formats import write_caption
+from core.captions.formats import with_trigger, write_caption
 from core.dataset.snapshot import set_aside
 from core.errors import UserError
 from core.events import (
@@ -33,6 +34,9 @@ from core.events import (
     JobFailed,
     JobProgress,
     JobStarted,
+    TrainingFinished,
+    TrainingNote,
+    TrainingProgress,
 )
 from core.families import FAMILIES, Family
 from core.gates import all_passed, at_a_glance, ledger
@@ -43,6 +47,7 @@ from core.names import check_project_name, check_trigger_word, suggest_trigger_w
 from core.settings import Settings
 from core.store import Store
 from core.studio import studio_models
+from core.training.execute import plan
 
 PHASES = (
     "intent", "audit", "duplicates", "captions", "curation", "dataset report", "config", "environment",
@@ -79,6 +84,7 @@ class Text(BaseModel):
     kind: Literal["text"] = "text"
     text: str
     private: bool = False  # only the person who acted should see it
+    ping: bool = False  # notify the artist (a checkpoint, a warning, the end of training)
 
 
 class Option(BaseModel):
@@ -111,6 +117,7 @@ class Progress(BaseModel):
     text: str
     done: int
     total: int
+    details: str | None = None  # further lines under the bar (training: loss, memory, time)
 
 
 Reply = Text | Choice | Picture | Attachment | Progress
@@ -133,7 +140,8 @@ PRESETS_NEXT = (
     "**Quick** (5) is a fast test of the dataset; **Thorough** (25) is best but slowest, because more passes "
     "teach more but cost more time (resources/training/presets.md)."
 )
-READY = "All four gates pass: the project is ready to train (training arrives in the next release of loratrain)."
+START_TRAINING = [Option(value="start", label="Start training"), Option(value="later", label="Not yet")]
+CANCEL_TRAINING = [Option(value="stop", label="Cancel training")]
 NOT_READY = (
     "Training can't start until all four gates pass — nothing overrides this, because each gate catches a problem "
     "before it costs hours of GPU time (resources/training/training-concepts.md)."
@@ -158,18 +166,6 @@ GATES_WHY = (
     "a problem before it costs hours of GPU time (from resources/training/training-concepts.md, "
     '"What the four gates protect against").'
 )
-
-
-def _with_trigger(caption: str, trigger: str) -> tuple[str, bool]:
-    """The caption on one line with the trigger word as its first comma-separated part (what Gate 1
-    and kohya's keep_tokens count), and whether the word had to be added."""
-    caption = " ".join(caption.split())
-    first, _, rest = caption.partition(",")
-    if first.strip().lower() == trigger:
-        return caption, False
-    if first.lower().startswith(trigger + " "):  # "mirastyle painting of…" → "mirastyle, painting of…"
-        return f"{trigger}, {caption[len(trigger) :].strip()}", False
-    return f"{trigger}, {caption}", True
 
 
 def _slug(text: str) -> str:
@@ -238,6 +234,16 @@ class Engine:
             return await self._written(state, event)
         if isinstance(event, GateDecided):
             return await self._gate_decided(state, event)
+        if isinstance(event, TrainingProgress):
+            return Outcome(replies=[Progress(key=event.job, text=event.headline, done=event.done, total=event.total,
+                                             details=event.details)])  # fmt: skip
+        if isinstance(event, TrainingNote):
+            replies: list[Reply] = [Text(text=event.text, ping=event.ping)]
+            if event.picture:
+                replies.append(Picture(path=event.picture, caption="The loss so far: lower is learning."))
+            return Outcome(replies=replies)
+        if isinstance(event, TrainingFinished):
+            return await self._trained(state, event)
         return await self._checked(state, event)
 
     # Phase 1: the intent interview -------------------------------------------------------------
@@ -262,6 +268,10 @@ class Engine:
             return await self._start_captions(state)
         if action.ref == "preset":
             return await self._configure(state, action.value)
+        if action.ref == "train":
+            return await self._start_training(state, action.value)
+        if action.ref == "cancel":
+            return await self._cancel_training(state)
         step = state["data"].get("step") if state["phase"] == "intent" else None
         if action.ref != step:
             return Outcome(replies=[Text(text="That question has already been answered.", private=True)])
@@ -278,6 +288,10 @@ class Engine:
             return Outcome(replies=[Text(text=await self._where_we_are(state))])
         if (edit := CAPTION_EDIT.fullmatch(text)) and state["project"]:
             return await self._edit_caption(state, edit["file"], edit["caption"])
+        if text.lower() in ("train", "start training") and state["project"]:
+            return Outcome(replies=[await self._offer_training(state)])
+        if text.lower() in ("cancel", "stop", "stop training", "cancel training") and state["project"]:
+            return await self._cancel_training(state)
         if text.lower() in ("check", "report", "recheck") and state["project"]:
             left = sorted(p for p in inbox(self.settings, state["id"]).rglob("*") if p.is_file())
             return self._check(state, staged=left)
@@ -537,7 +551,7 @@ class Engine:
             await self.store.record_caption(project.name, file, sample["caption"], sample["source"], "skipped")
             replies = [Text(text=f"Skipped `{file}` as a sample; it will be captioned with the rest.")]
         else:
-            caption, prefixed = _with_trigger(action.text or sample["caption"], trigger)
+            caption, prefixed = with_trigger(action.text or sample["caption"], trigger)
             write_caption(project, file, caption, trigger)
             source = "artist" if action.value == "adjust" else sample["source"]
             status = "adjusted" if action.value == "adjust" else "approved"
@@ -564,7 +578,7 @@ class Engine:
         """The artist rewrites any caption, any time ('caption FILE: text'); Gate 1 sees the change."""
         project = Project.existing(self.settings, state["project"])
         trigger = intents.load(project).trigger
-        caption, _ = _with_trigger(caption, trigger)
+        caption, _ = with_trigger(caption, trigger)
         write_caption(project, file, caption, trigger)
         await self.store.record_caption(project.name, file, caption, "artist", "adjusted")
         return Outcome(replies=[Text(text=f"Saved the caption of `{file}`: `{caption}`. Type **check** to update "
@@ -624,15 +638,74 @@ class Engine:
         if event.gate == 3 and event.passed:
             return Outcome(replies=replies, jobs=[self._job("dry_run", state, *rounds)])
         states = await ledger(state["project"], self.store, {})
-        replies.append(Text(text=at_a_glance(states) + "\n" + (READY if all_passed(states) else NOT_READY)))
+        replies.append(Text(text=at_a_glance(states) + ("" if all_passed(states) else "\n" + NOT_READY)))
         if event.gate == 2:  # settings that don't fit: let the artist pick again
             replies.append(await self._offer_presets(state))
         state["phase"] = "gates"
         await self._save(state)
+        if all_passed(states):
+            replies.append(await self._offer_training(state))
+        return Outcome(replies=replies)
+
+    # Phase 10: training -------------------------------------------------------------------------
+
+    async def _offer_training(self, state: dict) -> Reply:
+        """The final confirmation (pictures, model, trainer, measured time), or why it can't start yet.
+        The gates are judged on their records here; the GPU worker judges them again on its machine."""
+        project = Project.existing(self.settings, state["project"])
+        try:
+            ready = await plan(project, self.store, await ledger(project.name, self.store, {}))
+        except UserError as err:
+            return Text(text=str(err))
+        await self.store.offer_choice(state["id"], "train", {})
+        return Choice(ref="train", prompt=ready.text(), options=START_TRAINING)
+
+    async def _start_training(self, state: dict, value: str) -> Outcome:
+        if await self.store.take_choice(state["id"], "train") is None:
+            return Outcome(replies=[Text(text="That question has already been answered.", private=True)])
+        if value != "start":
+            return Outcome(replies=[Text(text="Fine — nothing is spent until you say so. Type **train** when you're "
+                                              "ready.")])  # fmt: skip
+        state["data"]["training_round"] = state["data"].get("training_round", 0) + 1
+        state["phase"] = "training"
+        await self._save(state)
+        await self.store.offer_choice(state["id"], "cancel", {})
+        job = self._job("train", state, state["data"]["training_round"])
+        return Outcome(
+            replies=[
+                Choice(
+                    ref="cancel",
+                    prompt="Starting the training. I'll keep one message up to date and ping "
+                    "you at each checkpoint and at the end. You can stop it at any time; the last "
+                    "checkpoint is kept.",
+                    options=CANCEL_TRAINING,
+                )
+            ],  # fmt: skip
+            jobs=[job],
+        )
+
+    async def _cancel_training(self, state: dict) -> Outcome:
+        run = await self.store.request_cancel(state["project"])
+        if run is None:
+            return Outcome(replies=[Text(text="No training is running for this project, so there's nothing to stop.")])
+        return Outcome(replies=[Text(text="Stopping the training: it finishes its current step and keeps the last "
+                                          "checkpoint.")])  # fmt: skip
+
+    async def _trained(self, state: dict, event: TrainingFinished) -> Outcome:
+        await self.store.take_choice(state["id"], "cancel")
+        replies: list[Reply] = [Text(text=event.message, ping=True)]
+        if event.curve:
+            replies.append(Picture(path=event.curve, caption="The loss over the whole run."))
+        replies.append(Attachment(path=event.progress, caption="The run's record (progress.md)."))
+        if event.status != "finished":
+            replies.append(Text(text="Type **train** to try again: a stopped run picks up from its last checkpoint."))
+        state["phase"] = "trained" if event.status == "finished" else "gates"
+        await self._save(state)
         return Outcome(replies=replies)
 
     # What an assistant may do: the same validated steps the buttons take, and nothing more -------
-    # (No tool marks a gate passed or starts training: gates are decided by the jobs that check them.)
+    # (No tool marks a gate passed or starts training: gates are decided by the jobs that check them, and
+    # training starts only from the artist's own Start button.)
 
     async def tool_create_intent(self, session: str, kind: str, family: str, trigger: str, description: str) -> Outcome:
         """Phase 1's result: the project and its intent.md. Refused unless the interview is still open."""
@@ -662,6 +735,24 @@ class Engine:
         await self.store.offer_choice(session, "preset", {})
         return await self._configure(state, preset)
 
+    async def tool_offer_training(self, session: str) -> Outcome:
+        """Show the artist the training confirmation (with its Start button); it starts only when they press
+        it. Refused, with the gate in the way, unless all four gates pass."""
+        state = await self._state(session)
+        if not state["project"]:
+            raise UserError("There is no project yet: the intent interview comes first.")
+        offer = await self._offer_training(state)
+        if isinstance(offer, Text):
+            raise UserError(offer.text)
+        return Outcome(replies=[offer])
+
+    async def tool_cancel_training(self, session: str) -> Outcome:
+        """Ask the running training to stop (its last checkpoint is kept)."""
+        state = await self._state(session)
+        if not state["project"]:
+            raise UserError("There is no project yet, so no training to stop.")
+        return await self._cancel_training(state)
+
     async def tool_status(self, session: str) -> dict:
         """Facts about the session for the assistant's context: phase, project, intent, Gate 1."""
         state = await self._state(session)
@@ -671,6 +762,7 @@ class Engine:
             facts["intent"] = intents.load(project).model_dump(mode="json")
             facts["gates"] = {n: await self.store.gate(state["project"], n) for n in (1, 2, 3, 4)}
             facts["duplicates_waiting"] = len(await self.store.open_choices(session, "dup:"))
+            facts["training"] = await self.store.latest_run(state["project"])
         return facts
 
     async def _state(self, session: str) -> dict:

@@ -102,8 +102,48 @@ class GateDecided(_Event):
     record: str | None = None  # config.md, environment.md or status.md
 
 
+class TrainingProgress(_Event):
+    """Where a training run stands: shown as one message edited in place."""
+
+    kind: Literal["training_progress"] = "training_progress"
+    headline: str  # "Training mirastyle — epoch 9/15"
+    details: str  # loss, memory, time, checkpoints, memory recoveries
+    done: int  # epochs (or steps) done
+    total: int
+
+
+class TrainingNote(_Event):
+    """A moment in a run worth a message of its own: a checkpoint (with the loss curve), a warning
+    about the loss, a memory recovery."""
+
+    kind: Literal["training_note"] = "training_note"
+    text: str
+    ping: bool = False  # the artist should be notified
+    picture: str | None = None
+
+
+class TrainingFinished(_Event):
+    """A run ended: finished with a LoRA, failed with a diagnosis, or stopped at the artist's request."""
+
+    kind: Literal["training_finished"] = "training_finished"
+    status: Literal["finished", "failed", "cancelled"]
+    message: str
+    lora: str | None = None
+    curve: str | None = None
+    progress: str  # progress.md
+
+
 Event = Annotated[
-    JobStarted | JobProgress | JobFailed | DatasetChecked | CaptionsProposed | CaptionsWritten | GateDecided,
+    JobStarted
+    | JobProgress
+    | JobFailed
+    | DatasetChecked
+    | CaptionsProposed
+    | CaptionsWritten
+    | GateDecided
+    | TrainingProgress
+    | TrainingNote
+    | TrainingFinished,
     Field(discriminator="kind"),
 ]
 EVENT = TypeAdapter(Event)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -37,6 +38,9 @@ from core.events import (
     PairToDecide,
     ProposedCaption,
     Publish,
+    TrainingFinished,
+    TrainingNote,
+    TrainingProgress,
 )
 from core.families import Family
 from core.grimoire import Project, inside
@@ -44,9 +48,11 @@ from core.intent import Intent
 from core.settings import Settings
 from core.store import Store, open_store
 from core.studio import gpu_memory_gb, model_path
-from core.training import dryrun, gate2
+from core.training import dryrun, execute, gate2
 from core.training.configs import Backend
+from core.training.execute import Note
 from core.training.params import Preset
+from core.training.progress import ProgressState
 from core.training.vram import detect_available_gb
 
 
@@ -217,6 +223,29 @@ async def dry_run_job(settings: Settings, job: Job, publish: Publish) -> None:
                               fixes=gate.adjustments, record=status, **_about(job)))  # fmt: skip
 
 
+async def train_job(settings: Settings, job: Job, publish: Publish) -> None:
+    """Training, on the GPU worker: the gates are checked again here, on this machine, before any GPU
+    time is spent; a run whose worker died before is resumed from its last checkpoint."""
+    project = Project.existing(settings, job.project)
+
+    async def report(item: ProgressState | Note) -> None:
+        stamp = time.time_ns()  # progress ids need not be stable: a repeated edit does no harm
+        if isinstance(item, Note):
+            await publish(TrainingNote(id=f"{job.id}:note:{stamp}", text=item.text, ping=item.ping,
+                                       picture=item.picture, **_about(job)))  # fmt: skip
+        else:
+            total = item.epochs or item.total_steps or 1
+            done = item.epoch if item.epochs else item.step
+            await publish(TrainingProgress(id=f"{job.id}:progress:{stamp}", headline=item.title(),
+                                           details=item.details(), done=done, total=total, **_about(job)))  # fmt: skip
+
+    async with open_store(settings.database_path) as store:
+        result = await execute.train(settings, project, store, report, fresh=job.args.get("fresh", False))
+    await publish(TrainingFinished(id=f"{job.id}:finished", status=result.status, message=result.message,
+                                   lora=result.lora, curve=result.curve, progress=result.progress,
+                                   **_about(job)))  # fmt: skip
+
+
 JOBS = {
     "dataset_check": dataset_check,
     "caption_samples": caption_samples,
@@ -224,6 +253,7 @@ JOBS = {
     "configure": configure,
     "check_environment": check_environment,
     "dry_run": dry_run_job,
+    "train": train_job,
 }
 DOING = {  # what each job does, for its failure message
     "dataset_check": "checking your pictures",
@@ -232,6 +262,7 @@ DOING = {  # what each job does, for its failure message
     "configure": "writing the training settings",
     "check_environment": "checking the training machine",
     "dry_run": "running the dry run",
+    "train": "training",
 }
 FAILED = "Something went wrong while {doing}. Your pictures and decisions are safe; please try again in a moment."
 

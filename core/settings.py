@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     events_stream: str = Field("loratrain:events", description="Redis stream the worker publishes events to.")
     events_maxlen: int = Field(10_000, gt=0, description="About how many events the stream keeps.")
     quick_job_timeout: int = Field(600, gt=0, description="Seconds a quick job may run before it is failed.")
+    gpu_job_timeout: int = Field(
+        172_800, gt=0, description="Seconds a GPU job (dry run, training) may run before it is stopped."
+    )
     discord_guild: int | None = Field(None, description="Discord server id to register /train in at once.")
     discord_token: SecretStr | None = Field(None, description="Discord bot token (only the bot needs it).")
     anthropic_api_key: SecretStr | None = Field(

@@ -113,11 +113,28 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX caption_history_by_file ON caption_history (project, file);
     """,
+    # 6: training runs: where each stands, so a restarted worker resumes it and a Cancel reaches it
+    # from any process (the bot, the terminal) through the shared database.
+    """
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        project TEXT NOT NULL,
+        backend TEXT NOT NULL,
+        config TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed', 'cancelled')),
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        details TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX runs_by_project ON runs (project, started_at);
+    """,
 ]
 
 Keep = Literal["a", "b", "both"]
 CaptionSource = Literal["claude", "analyzer", "artist"]
 CaptionStatus = Literal["proposed", "approved", "adjusted", "skipped", "batch"]
+RunStatus = Literal["running", "finished", "failed", "cancelled"]
 
 
 def _now() -> str:
@@ -384,6 +401,53 @@ class Store:
             )
         ).fetchall()
         return [r[0] for r in rows]
+
+    # Training runs -----------------------------------------------------------------------------
+
+    async def start_run(self, run_id: str, project: str, backend: str, config: str) -> None:
+        """A run begins (or a resumed one begins again): ``config`` is the fingerprint it trains."""
+        now = _now()
+        await self.db.execute(
+            "INSERT INTO runs VALUES (?, ?, ?, ?, 'running', 0, '{}', ?, ?) ON CONFLICT (id) DO UPDATE SET "
+            "status = 'running', cancel_requested = 0, updated_at = excluded.updated_at",
+            (run_id, project, backend, config, now, now),
+        )
+        await self.db.commit()
+
+    async def end_run(self, run_id: str, status: RunStatus, details: dict) -> None:
+        await self.db.execute(
+            "UPDATE runs SET status = ?, details = ?, updated_at = ? WHERE id = ?",
+            (status, json.dumps(details), _now(), run_id),
+        )
+        await self.db.commit()
+
+    async def latest_run(self, project: str) -> dict | None:
+        row = await (
+            await self.db.execute(
+                "SELECT id, backend, config, status, cancel_requested, details, started_at, updated_at FROM runs "
+                "WHERE project = ? ORDER BY started_at DESC, rowid DESC LIMIT 1",
+                (project,),
+            )
+        ).fetchone()
+        if not row:
+            return None
+        keys = ("id", "backend", "config", "status", "cancel_requested", "details", "started_at", "updated_at")
+        run = dict(zip(keys, row, strict=True))
+        run["details"], run["cancel_requested"] = json.loads(run["details"]), bool(run["cancel_requested"])
+        return run
+
+    async def request_cancel(self, project: str) -> str | None:
+        """Ask the project's running training to stop; the run's id, or None when none is running."""
+        run = await self.latest_run(project)
+        if run is None or run["status"] != "running":
+            return None
+        await self.db.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ?", (run["id"],))
+        await self.db.commit()
+        return run["id"]
+
+    async def cancel_requested(self, run_id: str) -> bool:
+        row = await (await self.db.execute("SELECT cancel_requested FROM runs WHERE id = ?", (run_id,))).fetchone()
+        return bool(row and row[0])
 
 
 @asynccontextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import shutil
 import socket
@@ -17,8 +18,12 @@ import torch
 from PIL import Image
 
 from core.cli import main
+from core.grimoire import Project
 from core.samples import scene
 from core.settings import Settings
+from core.store import open_store
+from core.training.readiness import current_fingerprints
+from core.training.tiny import build_tiny_model
 
 torch.set_num_threads(1)
 
@@ -101,3 +106,51 @@ def painting():
 def noise_image(size: tuple[int, int], seed: int = 0, mode: str = "RGB") -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype(np.uint8)).convert(mode)
+
+
+# Training projects ---------------------------------------------------------------------------------
+
+STANDINS = Path(__file__).parent / "data" / "standins"
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd15", "sd15")
+
+
+def make_project(cli, tmp_path, painting) -> Path:
+    """A captioned 10-picture object project whose Gate 1 has passed."""
+    assert cli("new", "pots", "--type", "object", "--model", "sd15", "--trigger", "potobj")[0] == 0
+    dataset = tmp_path / "grimoire" / "training" / "pots" / "dataset"
+    for seed in range(10):
+        painting(seed, (192, 160)).save(dataset / f"pot{seed}.jpg", quality=90)
+        (dataset / f"pot{seed}.txt").write_text(f"potobj, a teapot, picture {seed}\n")
+    assert cli("report", "pots")[0] == 0
+    return dataset
+
+
+def machine_passes(settings, name: str = "pots") -> None:
+    """Record Gate 3 as passed on this machine as it is now (standing in for a machine with a GPU)."""
+
+    async def record() -> None:
+        project = Project.existing(settings, name)
+        async with open_store(settings.database_path) as store:
+            fingerprint = (await current_fingerprints(settings, project, store))[3]
+            await store.record_gate(name, 3, True, fingerprint, {"summary": "recorded by the test", "gpu": "Test GPU",
+                                                                 "vram_gb": 24.0})  # fmt: skip
+
+    asyncio.run(record())
+
+
+@pytest.fixture
+def ready(cli, settings, tmp_path, painting, tiny_sd15) -> Project:
+    """All four gates pass: built-in settings on the tiny model (6 passes, a checkpoint after the 5th)."""
+    make_project(cli, tmp_path, painting)
+    code, _, err = cli("config", "pots", "--backend", "builtin", "--model", str(tiny_sd15), "--resolution", "512",
+                       "--optimizer", "adamw", "--available", "24", "--batch", "5", "--epochs", "6",
+                       "--repeats", "1", "--preset", "quick")  # fmt: skip
+    assert code == 0, err
+    machine_passes(settings)
+    code, out, err = cli("dryrun", "pots")
+    assert "Dry run passed" in out, out + err
+    return Project.existing(settings, "pots")

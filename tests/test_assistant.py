@@ -66,6 +66,8 @@ async def test_claude_creates_the_project_through_the_engine_and_the_artist_sees
         "create_intent",
         "check_dataset",
         "choose_preset",
+        "offer_training",
+        "cancel_training",
         "get_status",
         "read_reference",
     ]

@@ -695,6 +695,20 @@ async def test_progress_is_one_message_edited_in_place_throttled_and_after_a_res
     await renderer.close()
 
 
+async def test_training_progress_shows_its_details_and_pings_reach_the_artist(bot, world):
+    thread = Thread(world, "t", TextChannel(world))
+    await bot.store.save_session(str(thread.id), "4242", "pots", "training", {})
+    details = "loss 0.0712 (started 0.0891) · 27 min elapsed · ~18 min left\ncheckpoints: pots-epoch005.safetensors"
+    progress = Progress(key="train:pots", text="Training pots — epoch 9/15", done=9, total=15, details=details)
+    await bot.renderer.show(thread, [progress, Text(text="Checkpoint saved at epoch 10.", ping=True),
+                                     Text(text="Just so you know.")])  # fmt: skip
+    assert thread.said() == [
+        f"⏳ Training pots — epoch 9/15 ▓▓▓▓▓▓░░░░ 9/15\n{details}",
+        "<@4242> Checkpoint saved at epoch 10.",
+        "Just so you know.",
+    ]
+
+
 async def test_a_discord_error_on_one_reply_is_logged_and_the_rest_go_out(bot, world, caplog):
     thread = Thread(world, "t", TextChannel(world))
     thread.fail_with = http_error(discord.Forbidden, 403, "Missing Permissions")

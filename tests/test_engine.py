@@ -344,3 +344,35 @@ async def test_after_gate_one_the_settings_machine_and_dry_run_gates_follow(sett
     assert "Training can't start until all four gates pass" in said
     records = [r.path for r in gates if isinstance(r, Attachment)]
     assert any(p.endswith("config.md") for p in records) and any(p.endswith("environment.md") for p in records)
+
+
+async def test_when_the_gates_pass_the_artist_confirms_training_and_hears_how_it_went(settings, ready):
+    async with open_store(settings.database_path) as store:
+        await store.save_session("t1", "u1", "pots", "gates", {})
+        c = Conversation(settings, store)
+        offer = choices(await c.act(Say(text="train")))[0]
+        assert offer.ref == "train" and offer.prompt.startswith("Ready to train: 10 pictures, Stable Diffusion 1.5")
+        assert [o.label for o in offer.options] == ["Start training", "Not yet"]
+
+        shown = await c.act(Decide(ref="train", value="start"))  # embedded mode: the job runs right here
+        assert choices(shown)[0].ref == "cancel" and [o.label for o in choices(shown)[0].options] == ["Cancel training"]
+        progress = [r for r in shown if isinstance(r, Progress)]
+        assert progress[-1].text == "Training pots — epoch 6/6" and "loss " in progress[-1].details
+        pings = [r.text for r in shown if isinstance(r, Text) and r.ping]
+        assert any("Checkpoint saved at epoch 5" in p for p in pings) and "Training finished" in pings[-1]
+        assert any(isinstance(r, Picture) for r in shown)
+        assert any(isinstance(r, Attachment) and r.path.endswith("progress.md") for r in shown)
+        assert (await store.session("t1"))["phase"] == "trained"
+
+        assert "already been answered" in text(await c.act(Decide(ref="train", value="start")))  # a second press
+        assert "No training is running" in text(await c.act(Say(text="cancel")))
+
+
+async def test_training_is_not_offered_while_a_gate_is_stale(settings, ready):
+    (ready.dataset_dir / "pot4.txt").unlink()  # Gate 1's inputs changed after it passed
+    async with open_store(settings.database_path) as store:
+        await store.save_session("t1", "u1", "pots", "gates", {})
+        c = Conversation(settings, store)
+        await c.act(Say(text="check"))  # the dataset is checked again: a picture lacks its caption now
+        said = await c.act(Say(text="train"))
+    assert not choices(said) and "Training can't start: Gate 1 (Dataset)" in text(said)

@@ -2,16 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-
-from core.training.tiny import build_tiny_model
-
-
-@pytest.fixture(scope="module")
-def tiny_sd15(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd15", "sd15")
 
 
 @pytest.fixture

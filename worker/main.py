@@ -16,14 +16,13 @@ from typing import Literal
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.worker import func, run_worker
 
-from core.errors import UserError
 from core.jobs import JOBS, Job
 from core.settings import Settings
 from worker.tasks import TRIES, perform
 
 Queue = Literal["quick", "gpu"]
 
-GPU_JOBS: frozenset[str] = frozenset({"dry_run"})  # jobs that need the GPU (later: training, grids)
+GPU_JOBS: frozenset[str] = frozenset({"dry_run", "train"})  # jobs that need the GPU
 MAX_JOBS: dict[Queue, int] = {"quick": 4, "gpu": 1}  # one job at a time per GPU
 GRACE_S = 2  # after a job's own time limit, for telling the artist before arq cancels it outright
 KEEP_RESULT_S = 60  # a finished job's id is refused this long, so a double click runs it once
@@ -40,22 +39,19 @@ def queue_name(settings: Settings, queue: Queue) -> str:
 
 
 def worker_settings(settings: Settings, queue: Queue) -> dict:
-    """Keyword arguments for ``arq.worker.Worker`` serving ``queue``. arq refuses a worker without
-    functions, and no GPU job exists yet, so the GPU worker refuses to start and says why."""
+    """Keyword arguments for ``arq.worker.Worker`` serving ``queue``: the GPU queue gets the GPU jobs'
+    long time limit (training runs for hours) and one job at a time."""
     names = [name for name in JOBS if queue_of(name) == queue]
-    if not names:
-        raise UserError(
-            "There are no GPU jobs to run yet: they arrive with training. "
-            "Start `loratrain worker --queue quick` for the dataset checks."
-        )
     name = queue_name(settings, queue)
+    time_limit = settings.gpu_job_timeout if queue == "gpu" else settings.quick_job_timeout
     return {
         "functions": [func(perform, name=job) for job in names],
         "queue_name": name,
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
-        "ctx": {"settings": settings, "time_limit": settings.quick_job_timeout},
+        "ctx": {"settings": settings, "time_limit": time_limit},
         "max_jobs": MAX_JOBS[queue],
-        "job_timeout": settings.quick_job_timeout + GRACE_S,
+        "job_timeout": time_limit + GRACE_S,
+        "allow_abort_jobs": True,  # arq's abort cancels the job; the trainer subprocess is stopped with it
         "max_tries": TRIES + 1,  # the extra try only tells the artist that the job gave up
         "keep_result": KEEP_RESULT_S,
         "poll_delay": POLL_DELAY_S,

@@ -111,6 +111,8 @@ async def decide(env: Environment, project: Project | None, store: Store | None 
     if project is not None:
         project.write("environment.md", render(env, gate, project.name))
         if store is not None:
-            details = {"summary": gate.summary, "problems": [p.model_dump() for p in gate.problems]}
+            gpu = env.gpus[0] if env.gpus else None
+            details = {"summary": gate.summary, "problems": [p.model_dump() for p in gate.problems],
+                       "gpu": gpu and gpu.name, "vram_gb": gpu and gpu.memory_total_gb}  # fmt: skip
             await store.record_gate(project.name, 3, gate.passed, gate.fingerprint, details)
     return gate

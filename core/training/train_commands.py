@@ -1,0 +1,64 @@
+"""The ``train`` and ``cancel`` subcommands: training in this process, behind the four gates and a
+final confirmation, and a stop request that reaches a run from any process."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from core.errors import UserError
+from core.grimoire import Project
+from core.settings import Settings
+from core.store import open_store
+from core.training.execute import Note, plan, train
+from core.training.progress import ProgressState
+from core.training.readiness import readiness
+
+
+async def _print_report(item: ProgressState | Note) -> None:
+    if isinstance(item, Note):
+        print(item.text + (f" (picture: {item.picture})" if item.picture else ""), flush=True)
+    else:
+        print(f"{item.headline()}\n  {item.details().replace(chr(10), chr(10) + '  ')}", flush=True)
+
+
+def _confirmed(question: str) -> bool:
+    if not sys.stdin.isatty():
+        raise UserError("Training spends hours of GPU time, so it asks first; add --yes to start it from a script.")
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+async def cmd_train(settings: Settings, args: argparse.Namespace) -> None:
+    project = Project.existing(settings, args.name)
+    async with open_store(settings.database_path) as store:
+        ready = await plan(project, store, await readiness(settings, project, store))
+        print(ready.text())
+        if not args.yes and not _confirmed("Start training?"):
+            print("Not started. Nothing was changed.")
+            return
+        result = await train(settings, project, store, _print_report, fresh=args.fresh)
+    print(result.message)
+    print(f"Record: {result.progress}")
+    if result.status == "failed":
+        raise UserError("Training did not finish; the reason and what to do are above.")
+
+
+async def cmd_cancel(settings: Settings, args: argparse.Namespace) -> None:
+    project = Project.existing(settings, args.name)
+    async with open_store(settings.database_path) as store:
+        run = await store.request_cancel(project.name)
+    if run is None:
+        print(f"No training of {project.name} is running; nothing to stop.")
+    else:
+        print(f"Asked {project.name}'s training to stop: it finishes its current step and keeps its last checkpoint.")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train the LoRA (only when all four gates pass); asks before it starts")
+    p.add_argument("name", help="project name")
+    p.add_argument("--yes", action="store_true", help="start without asking (for scripts)")
+    p.add_argument("--fresh", action="store_true", help="start over instead of resuming a stopped run")
+    p.set_defaults(run=cmd_train)
+    p = sub.add_parser("cancel", help="stop a project's running training (its last checkpoint is kept)")
+    p.add_argument("name", help="project name")
+    p.set_defaults(run=cmd_cancel)
