@@ -47,7 +47,7 @@ from core.names import check_project_name, check_trigger_word, suggest_trigger_w
 from core.settings import Settings
 from core.store import Store
 from core.studio import studio_models
-from core.training.execute import plan
+from core.training.execute import alive, plan
 
 PHASES = (
     "intent", "audit", "duplicates", "captions", "curation", "dataset report", "config", "environment",
@@ -653,6 +653,10 @@ class Engine:
         """The final confirmation (pictures, model, trainer, measured time), or why it can't start yet.
         The gates are judged on their records here; the GPU worker judges them again on its machine."""
         project = Project.existing(self.settings, state["project"])
+        run = await self.store.latest_run(project.name)
+        if run and run["status"] == "running" and alive(run):
+            return Text(text="The training is running now: its progress message above is kept up to date. Type "
+                        "**cancel** to stop it.")  # fmt: skip
         try:
             ready = await plan(project, self.store, await ledger(project.name, self.store, {}))
         except UserError as err:

@@ -240,7 +240,7 @@ async def train_job(settings: Settings, job: Job, publish: Publish) -> None:
                                            details=item.details(), done=done, total=total, **_about(job)))  # fmt: skip
 
     async with open_store(settings.database_path) as store:
-        result = await execute.train(settings, project, store, report, fresh=job.args.get("fresh", False))
+        result = await execute.train(settings, project, store, report, fresh=job.args.get("fresh", False), job=job.id)
     await publish(TrainingFinished(id=f"{job.id}:finished", status=result.status, message=result.message,
                                    lora=result.lora, curve=result.curve, progress=result.progress,
                                    **_about(job)))  # fmt: skip

@@ -123,6 +123,8 @@ MIGRATIONS: list[str] = [
         config TEXT NOT NULL,
         status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed', 'cancelled')),
         cancel_requested INTEGER NOT NULL DEFAULT 0,
+        jobs TEXT NOT NULL,
+        worker TEXT NOT NULL,
         details TEXT NOT NULL,
         started_at TEXT NOT NULL,
         updated_at TEXT NOT NULL
@@ -404,14 +406,25 @@ class Store:
 
     # Training runs -----------------------------------------------------------------------------
 
-    async def start_run(self, run_id: str, project: str, backend: str, config: str) -> None:
-        """A run begins (or a resumed one begins again): ``config`` is the fingerprint it trains."""
+    async def start_run(
+        self, run_id: str, project: str, backend: str, config: str, job: str | None, worker: str
+    ) -> None:
+        """A run begins (or a resumed one begins again): ``config`` is the fingerprint it trains, ``job``
+        the queue job that runs it (remembered, so a late retry of that job knows its work is done),
+        ``worker`` the process running it ("host:pid")."""
         now = _now()
+        jobs = json.dumps([job] if job else [])
         await self.db.execute(
-            "INSERT INTO runs VALUES (?, ?, ?, ?, 'running', 0, '{}', ?, ?) ON CONFLICT (id) DO UPDATE SET "
-            "status = 'running', cancel_requested = 0, updated_at = excluded.updated_at",
-            (run_id, project, backend, config, now, now),
+            "INSERT INTO runs VALUES (?, ?, ?, ?, 'running', 0, ?, ?, '{}', ?, ?) ON CONFLICT (id) DO UPDATE SET "
+            "status = 'running', cancel_requested = 0, worker = excluded.worker, updated_at = excluded.updated_at, "
+            "jobs = CASE WHEN ? IS NULL THEN runs.jobs ELSE json_insert(runs.jobs, '$[#]', ?) END",
+            (run_id, project, backend, config, jobs, worker, now, now, job, job),
         )
+        await self.db.commit()
+
+    async def touch_run(self, run_id: str) -> None:
+        """The run's heartbeat: a run that stops beating was left behind by a worker that died."""
+        await self.db.execute("UPDATE runs SET updated_at = ? WHERE id = ?", (_now(), run_id))
         await self.db.commit()
 
     async def end_run(self, run_id: str, status: RunStatus, details: dict) -> None:
@@ -424,16 +437,19 @@ class Store:
     async def latest_run(self, project: str) -> dict | None:
         row = await (
             await self.db.execute(
-                "SELECT id, backend, config, status, cancel_requested, details, started_at, updated_at FROM runs "
+                "SELECT id, backend, config, status, cancel_requested, jobs, worker, details, started_at, updated_at "
+                "FROM runs "
                 "WHERE project = ? ORDER BY started_at DESC, rowid DESC LIMIT 1",
                 (project,),
             )
         ).fetchone()
         if not row:
             return None
-        keys = ("id", "backend", "config", "status", "cancel_requested", "details", "started_at", "updated_at")
+        keys = ("id", "backend", "config", "status", "cancel_requested", "jobs", "worker", "details", "started_at",
+                "updated_at")  # fmt: skip
         run = dict(zip(keys, row, strict=True))
-        run["details"], run["cancel_requested"] = json.loads(run["details"]), bool(run["cancel_requested"])
+        run["details"], run["jobs"] = json.loads(run["details"]), json.loads(run["jobs"])
+        run["cancel_requested"] = bool(run["cancel_requested"])
         return run
 
     async def request_cancel(self, project: str) -> str | None:

@@ -14,7 +14,7 @@ import core.cli
 from core import intent as intents
 from core.environment.commands import add_parsers
 from core.environment.gate3 import decide, fingerprint
-from core.environment.probe import Environment, Gpu, backend_facts, disk_needs, probe
+from core.environment.probe import Environment, Gpu, backend_facts, disk_needs, gpu_memory_used_gb, probe
 from core.families import Family
 from core.grimoire import Project
 from core.intent import LoraType
@@ -253,3 +253,9 @@ def test_env_with_a_project_writes_its_record(env_cli, tmp_path: Path) -> None:
     assert "## Gate 3 Decision: NO-GO" in text
     assert "Flux T5-XXL text encoder 9.8 GB" in text and "0 pictures" in text  # the project's family and dataset
     assert "- Backend: ai-toolkit, not ready" in text
+
+
+def test_memory_in_use_comes_from_nvml_and_is_none_without_a_driver() -> None:
+    assert gpu_memory_used_gb(FakeNVML()) == 4.0  # 24 GiB total, 20 free
+    assert gpu_memory_used_gb(FakeNVML(init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED)) is None
+    assert gpu_memory_used_gb() is None  # this machine: the real pynvml, no driver

@@ -8,8 +8,10 @@ the ledger, the dry run, training — runs for real.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,11 +20,12 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from core.errors import UserError
 from core.events import MemorySink, TrainingFinished, TrainingNote, TrainingProgress
 from core.grimoire import Project
 from core.jobs import Job, run_job
 from core.store import open_store
-from core.training.execute import train
+from core.training.execute import THIS_WORKER, alive, train
 from tests.conftest import STANDINS, machine_passes, make_project
 
 
@@ -71,6 +74,21 @@ async def test_the_worker_job_reports_progress_checkpoints_and_the_end(settings,
     finished = sink.events[-1]
     assert isinstance(finished, TrainingFinished) and finished.status == "finished"
     assert Path(finished.lora).is_file() and Path(finished.curve).is_file()
+
+    lora = Path(finished.lora).stat().st_mtime_ns
+    again = MemorySink()  # the queue runs the same job again (a retry after its worker died, say)
+    await run_job(settings, Job(name="train", id="train:pots:1", session="s1", project="pots"), again.publish)
+    assert [e.kind for e in again.events] == ["training_finished"] and again.events[0].status == "finished"
+    assert Path(finished.lora).stat().st_mtime_ns == lora and not (ready.root / "earlier-runs").exists()
+
+
+async def test_a_run_another_process_is_on_is_not_started_twice(settings, ready):
+    async with open_store(settings.database_path) as store:
+        await store.start_run("pots:1", "pots", "builtin", "x", None, THIS_WORKER)  # this process: alive
+        with pytest.raises(UserError, match="pots is already training"):
+            await train(settings, ready, store, lambda item: asyncio.sleep(0))
+        await store.start_run("pots:1", "pots", "builtin", "x", None, f"{socket.gethostname()}:999999999")
+        assert not alive(await store.latest_run("pots"))  # a process that is gone left it behind
 
 
 async def test_cancel_stops_the_run_at_once_and_says_what_is_kept(settings, ready):

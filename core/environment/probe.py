@@ -350,6 +350,27 @@ def _nvml_facts(nvml: object | None) -> dict:
         nvml.nvmlShutdown()
 
 
+def gpu_memory_used_gb(nvml: object | None = None) -> float | None:
+    """Graphics memory in use on the first GPU now (GiB), as NVML sees it — whatever trainer holds it;
+    None where NVML cannot be asked (no driver, no GPU)."""
+    if nvml is None:
+        try:
+            import pynvml as nvml
+        except ImportError:
+            return None
+    try:
+        nvml.nvmlInit()
+    except nvml.NVMLError:
+        return None
+    try:
+        memory = nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(0))
+        return round((memory.total - memory.free) / 2**30, 1)
+    except nvml.NVMLError:
+        return None
+    finally:
+        nvml.nvmlShutdown()
+
+
 def _cudnn(number: int | None) -> str | None:
     """cuDNN's version number as people write it: 91002 → "9.10.2" (from 9 on), 8902 → "8.9.2"."""
     if number is None:

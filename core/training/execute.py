@@ -11,6 +11,9 @@ reaches it and a run whose worker died is resumed from its last checkpoint.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -19,6 +22,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from core import intent as intents
+from core.environment.probe import gpu_memory_used_gb
 from core.errors import UserError
 from core.families import FAMILIES, Family
 from core.gates import GateState
@@ -31,10 +35,13 @@ from core.training.launch import Run, read_config
 from core.training.monitor import Anomaly, Checkpoint, EpochEnd, Finished, Monitor, OutOfMemory, Signal
 from core.training.progress import ProgressState, duration
 from core.training.readiness import readiness, refusal
-from core.training.retries import diagnosis, with_memory_retries
+from core.training.retries import Attempt, diagnosis, with_memory_retries
 
 WRITE_EVERY_S = 5.0  # progress.md and the progress message: often enough to watch, not a write per step
 CANCEL_POLL_S = 1.0  # how often a running trainer looks for the artist's Cancel
+HEARTBEAT_S = 30.0  # how often a run says it is alive
+ALIVE_S = 120.0  # a "running" run not heard from for this long was left behind by a worker that died
+THIS_WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 class Note(BaseModel):
@@ -98,17 +105,22 @@ def _total_steps(params: dict, batch: int) -> int:
     return per_epoch * params["epochs"]
 
 
-async def train(settings: Settings, project: Project, store: Store, report: Report, fresh: bool = False) -> Result:
-    """Train ``project`` to its LoRA, or to a clear failure. The gates are checked again first."""
+async def train(settings: Settings, project: Project, store: Store, report: Report, fresh: bool = False,
+                job: str | None = None) -> Result:  # fmt: skip
+    """Train ``project`` to its LoRA, or to a clear failure. The gates are checked again first. ``job`` is
+    the queue job running it: a retry of a job whose run already ended returns that run's result."""
+    previous = await store.latest_run(project.name)
+    if previous and previous["status"] != "running" and job and job in previous["jobs"]:
+        return _result_of(previous, project)
+    if previous and previous["status"] == "running" and alive(previous):
+        raise UserError(f"{project.name} is already training (last heard from at {previous['updated_at']}); "
+                        f"stop it first with `loratrain cancel {project.name}` or the Cancel button.")  # fmt: skip
     blocked = refusal(await readiness(settings, project, store))
     if blocked:
         raise UserError(blocked)
     config = (await store.gate(project.name, 2))["details"]
     backend, files = Backend(config["backend"]), [Path(f) for f in config["files"]]
     fingerprint = gate2.fingerprint(files)
-    family = intents.load(project).family
-    batch = (await store.gate(project.name, 4))["details"]["config"]["batch_size"]
-    previous = await store.latest_run(project.name)
     resume = not fresh and _resumable(previous, fingerprint, project)
     if resume:
         await report(Note(text=f"Picking up where the last run stopped: {_saved(project)}"))
@@ -116,80 +128,125 @@ async def train(settings: Settings, project: Project, store: Store, report: Repo
     else:
         _archive(project)
         run_id = f"{project.name}:{datetime.now(UTC):%Y%m%dT%H%M%S}"
-    await store.start_run(run_id, project.name, str(backend), fingerprint)
-
+    await store.start_run(run_id, project.name, str(backend), fingerprint, job, THIS_WORKER)
     state = ProgressState(name=project.name, backend=str(backend), epochs=config["params"]["epochs"],
                           vram_total_gb=(await store.gate(project.name, 3))["details"].get("vram_gb"))  # fmt: skip
-    started, written, monitor_of = time.monotonic(), [0.0], {}
-    log = project.root / "logs" / "train.log"
-    curve_path = project.root / "eval" / "loss-curve.png"
+    live = _Live(project, store, report, run_id, backend, files, state)
+    batch = (await store.gate(project.name, 4))["details"]["config"]["batch_size"]
+    state.write(project)
+    await report(state)
+    try:
+        attempt = await with_memory_retries(backend, files, project, intents.load(project).family,
+                                            Run(batch_size=batch, resume=resume), live.log, live.new_monitor,
+                                            live.on_signals, live.should_stop, live.adjusted)  # fmt: skip
+    except asyncio.CancelledError:  # the queue aborted the job: the trainer is stopped, say what is kept
+        await live.conclude("cancelled", f"Training was stopped. {_saved(project)}", None, batch)
+        raise
+    return await live.end(attempt)
 
-    def new_monitor() -> Monitor:
-        monitor_of["now"] = Monitor(str(backend), epochs=_epochs(backend, files))
-        return monitor_of["now"]
 
-    async def on_signals(signals: list[Signal]) -> None:
-        monitor = monitor_of["now"]
-        state.follow(monitor, started)
+class _Live:
+    """One run as it happens: what its signals mean for the artist and the record."""
+
+    def __init__(self, project: Project, store: Store, report: Report, run_id: str, backend: Backend,
+                 files: list[Path], state: ProgressState) -> None:  # fmt: skip
+        self.project, self.store, self.report, self.run_id = project, store, report, run_id
+        self.backend, self.files, self.state = backend, files, state
+        self.log = project.root / "logs" / "train.log"
+        self.curve = project.root / "eval" / "loss-curve.png"
+        self.started = time.monotonic()
+        self.written = self.polled = self.beat = 0.0
+        self.cancel = False
+        self.monitor = Monitor(str(backend))
+
+    def new_monitor(self) -> Monitor:
+        self.monitor = Monitor(str(self.backend), epochs=_epochs(self.backend, self.files))
+        return self.monitor
+
+    async def on_signals(self, signals: list[Signal]) -> None:
+        self.state.follow(self.monitor, self.started)
         important = False
         for signal in signals:
             if isinstance(signal, Checkpoint):
-                important = True
-                state.checkpoints = _checkpoint_names(project)
-                curve = _curve(monitor, curve_path, project.name)
-                await report(Note(text=f"Checkpoint saved{_at(signal)} (loss curve attached).", ping=True,
-                                  picture=curve))  # fmt: skip
+                self.state.checkpoints = _checkpoint_names(self.project)
+                curve = _curve(self.monitor, self.curve, self.project.name)
+                await self.report(Note(text=f"Checkpoint saved{_at(signal)} (loss curve attached).", ping=True,
+                                       picture=curve))  # fmt: skip
             elif isinstance(signal, Anomaly):
-                important = True
-                await report(Note(text=f"⚠️ {signal.message}", ping=True))
-            elif isinstance(signal, OutOfMemory) and signal.skipped:
-                important = True
-            elif isinstance(signal, EpochEnd | Finished):
-                important = True
-        if important or time.monotonic() - written[0] >= WRITE_EVERY_S:
-            written[0] = time.monotonic()
-            state.write(project)
-            await report(state)
+                await self.report(Note(text=f"⚠️ {signal.message}", ping=True))
+            important = important or isinstance(signal, Checkpoint | Anomaly | EpochEnd | Finished | OutOfMemory)
+        if important or time.monotonic() - self.written >= WRITE_EVERY_S:
+            self.written = time.monotonic()
+            self.state.vram_gb = self.monitor.vram_gb or gpu_memory_used_gb() or self.state.vram_gb
+            self.state.write(self.project)
+            await self.report(self.state)
 
-    async def adjusted(message: str) -> None:
-        state.memory_recoveries.append(message)
-        await report(Note(text=message))
+    async def adjusted(self, message: str) -> None:
+        self.state.memory_recoveries.append(message)
+        await self.report(Note(text=message))
 
-    last_poll, cancel = [0.0], [False]
+    async def should_stop(self) -> bool:
+        """Whether the artist asked to stop (looked up at most every second); also the run's heartbeat."""
+        now = time.monotonic()
+        if now - self.beat >= HEARTBEAT_S:
+            self.beat = now
+            await self.store.touch_run(self.run_id)
+        if not self.cancel and now - self.polled >= CANCEL_POLL_S:
+            self.polled = now
+            self.cancel = await self.store.cancel_requested(self.run_id)
+        return self.cancel
 
-    async def should_stop() -> bool:
-        if not cancel[0] and time.monotonic() - last_poll[0] >= CANCEL_POLL_S:
-            last_poll[0] = time.monotonic()
-            cancel[0] = await store.cancel_requested(run_id)
-        return cancel[0]
+    async def end(self, attempt: Attempt) -> Result:
+        monitor, project = attempt.monitor, self.project
+        lora = _final_lora(project, self.backend, monitor)
+        problem = diagnosis(attempt)
+        if attempt.stopped and monitor.finished is None:  # a Cancel that came after the end changes nothing
+            status: RunStatus = "cancelled"
+            message = f"Training was stopped at your request. {_saved(project)}"
+        elif problem or lora is None:
+            status, message = "failed", f"Training failed — {problem or 'the trainer finished without a LoRA file.'}"
+            message += f" {_saved(project)} The trainer's output: {self.log}"
+        else:
+            status, message = "finished", f"Training finished: {lora.name} is saved in {lora.parent}."
+        return await self.conclude(status, message, lora, attempt.run.batch_size)
 
-    state.write(project)
-    await report(state)
-    attempt = await with_memory_retries(backend, files, project, family, Run(batch_size=batch, resume=resume), log,
-                                        new_monitor, on_signals, should_stop, adjusted)  # fmt: skip
-    monitor = attempt.monitor
-    state.follow(monitor, started)
-    state.checkpoints = _checkpoint_names(project)
-    lora = _final_lora(project, backend, monitor)
-    problem = diagnosis(attempt)
-    if attempt.stopped and monitor.finished is None:  # a Cancel that came after the end changes nothing
-        status: RunStatus = "cancelled"
-        message = f"Training was stopped at your request. {_saved(project)}"
-    elif problem or lora is None:
-        status, message = "failed", f"Training failed — {problem or 'the trainer finished without a LoRA file.'}"
-        message += f" {_saved(project)} The trainer's output: {log}"
-    else:
-        status, message = "finished", f"Training finished: {lora.name} is saved in {lora.parent}."
-    state.status, state.message = status, message
-    curve = _curve(monitor, curve_path, project.name)
-    state.write(project)
-    project.write("status.md", _status(project, state, lora))
-    await store.end_run(run_id, status, {"message": message, "lora": str(lora) if lora else None,
-                                         "checkpoints": state.checkpoints, "batch_size": attempt.run.batch_size,
-                                         "memory_recoveries": state.memory_recoveries})  # fmt: skip
-    await report(state)
-    return Result(status=status, message=message, lora=str(lora) if lora else None, checkpoints=state.checkpoints,
-                  curve=curve, progress=str(project.path("progress.md")))  # fmt: skip
+    async def conclude(self, status: RunStatus, message: str, lora: Path | None, batch: int | None) -> Result:
+        """Record how the run ended: progress.md, status.md, the loss curve, the run in SQLite."""
+        state, project = self.state, self.project
+        state.follow(self.monitor, self.started)
+        state.checkpoints = _checkpoint_names(project)
+        state.status, state.message = status, message
+        curve = _curve(self.monitor, self.curve, project.name)
+        state.write(project)
+        project.write("status.md", _status(project, state, lora))
+        details = {"message": message, "lora": str(lora) if lora else None, "checkpoints": state.checkpoints,
+                   "curve": curve, "batch_size": batch, "memory_recoveries": state.memory_recoveries}  # fmt: skip
+        await self.store.end_run(self.run_id, status, details)
+        await self.report(state)
+        return _result_of({"status": status, "details": details}, project)
+
+
+def _result_of(run: dict, project: Project) -> Result:
+    details = run["details"]
+    return Result(status=run["status"], message=details["message"], lora=details.get("lora"),
+                  checkpoints=details.get("checkpoints", []), curve=details.get("curve"),
+                  progress=str(project.path("progress.md")))  # fmt: skip
+
+
+def alive(run: dict) -> bool:
+    """Whether some process is still on a "running" run: on this machine, whether its process exists;
+    elsewhere, whether its heartbeat is recent."""
+    host, _, pid = run["worker"].rpartition(":")
+    if host == socket.gethostname():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # it exists, under another user
+        return True
+    heard = datetime.fromisoformat(run["updated_at"])
+    return (datetime.now(UTC) - heard).total_seconds() < ALIVE_S
 
 
 def _resumable(previous: dict | None, fingerprint: str, project: Project) -> bool:

@@ -46,7 +46,6 @@ class ProgressState(BaseModel):
         self.epochs = monitor.epochs or self.epochs
         self.total_steps = monitor.total_steps or self.total_steps
         self.loss, self.first_loss = monitor.last_loss, monitor.first_loss
-        self.vram_gb = monitor.vram_gb or self.vram_gb
         self.elapsed_s = time.monotonic() - started
         self.remaining_s = monitor.remaining_s()
         self.oom_skips = monitor.oom_skips
