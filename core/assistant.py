@@ -62,8 +62,9 @@ TOOLS = [
     {
         "name": "choose_preset",
         "description": "Once Gate 1 has passed and the artist has chosen, work out the training settings from a "
-        "preset and check Gate 2; the machine (Gate 3) and the dry run (Gate 4) follow as jobs, their results "
-        "reaching the artist as their own messages. Refused before Gate 1 passes.",
+        "preset and check Gate 2. The artist then agrees to the settings with a button, and the machine (Gate 3) "
+        "and the dry run (Gate 4) follow as jobs, their results reaching the artist as their own messages. "
+        "Refused before Gate 1 passes.",
         "input_schema": {
             "type": "object",
             "properties": {"preset": {"type": "string", "enum": ["quick", "standard", "thorough"]}},

@@ -140,6 +140,7 @@ PRESETS_NEXT = (
     "**Quick** (5) is a fast test of the dataset; **Thorough** (25) is best but slowest, because more passes "
     "teach more but cost more time (resources/training/presets.md)."
 )
+USE_SETTINGS = [Option(value="use", label="Use these settings"), Option(value="other", label="Choose another preset")]
 START_TRAINING = [Option(value="start", label="Start training"), Option(value="later", label="Not yet")]
 CANCEL_TRAINING = [Option(value="stop", label="Cancel training")]
 NOT_READY = (
@@ -166,6 +167,13 @@ GATES_WHY = (
     "a problem before it costs hours of GPU time (from resources/training/training-concepts.md, "
     '"What the four gates protect against").'
 )
+
+
+def _settings_summary(config_md: str | None) -> str:
+    """The settings for the artist to agree to: config.md's facts and each choice with its reason."""
+    lines = Path(config_md).read_text(encoding="utf-8").splitlines() if config_md else []
+    bullets = [line for line in lines if line.startswith("- **") and "Config file" not in line]
+    return "\n".join(["Here are the settings, each with its reason:", *bullets, "Shall I use them?"])
 
 
 def _slug(text: str) -> str:
@@ -268,6 +276,8 @@ class Engine:
             return await self._start_captions(state)
         if action.ref == "preset":
             return await self._configure(state, action.value)
+        if action.ref == "settings":
+            return await self._confirm_settings(state, action.value)
         if action.ref == "train":
             return await self._start_training(state, action.value)
         if action.ref == "cancel":
@@ -634,7 +644,9 @@ class Engine:
             replies.append(Attachment(path=event.record, caption=f"The full record of Gate {event.gate}."))
         rounds = (state["data"].get("config_round", 0),)
         if event.gate == 2 and event.passed:
-            return Outcome(replies=replies, jobs=[self._job("check_environment", state, *rounds)])
+            await self.store.offer_choice(state["id"], "settings", {})
+            replies.append(Choice(ref="settings", prompt=_settings_summary(event.record), options=USE_SETTINGS))
+            return Outcome(replies=replies)
         if event.gate == 3 and event.passed:
             return Outcome(replies=replies, jobs=[self._job("dry_run", state, *rounds)])
         states = await ledger(state["project"], self.store, {})
@@ -646,6 +658,17 @@ class Engine:
         if all_passed(states):
             replies.append(await self._offer_training(state))
         return Outcome(replies=replies)
+
+    async def _confirm_settings(self, state: dict, value: str) -> Outcome:
+        """The artist has read the settings: on to the machine check (and the dry run after it), or back
+        to the presets."""
+        if await self.store.take_choice(state["id"], "settings") is None:
+            return Outcome(replies=[Text(text="That question has already been answered.", private=True)])
+        if value != "use":
+            return Outcome(replies=[await self._offer_presets(state)])
+        job = self._job("check_environment", state, state["data"].get("config_round", 0))
+        return Outcome(replies=[Text(text="Settings agreed. Checking the training machine (Gate 3), then a few real "
+                                          "training steps as a dry run (Gate 4)…")], jobs=[job])  # fmt: skip
 
     # Phase 10: training -------------------------------------------------------------------------
 

@@ -336,14 +336,25 @@ async def test_after_gate_one_the_settings_machine_and_dry_run_gates_follow(sett
         preset = choices(checked)[-1]
         assert preset.ref == "preset" and "resources/training/presets.md" in preset.prompt
         assert [o.label for o in preset.options] == ["Quick", "Standard", "Thorough"]
-        gates = await c.act(Decide(ref="preset", value="standard"))
+        configured = await c.act(Decide(ref="preset", value="standard"))
+        assert "✅ **Gate 2 (settings)**: GO" in text(configured)
+        confirm = choices(configured)[-1]
+        assert confirm.ref == "settings" and [o.label for o in confirm.options] == [
+            "Use these settings",
+            "Choose another preset",
+        ]
+        assert "- **Preset**: Standard" in confirm.prompt and "(resources/training/presets.md)" in confirm.prompt
+        assert any(r.path.endswith("config.md") for r in configured if isinstance(r, Attachment))
+        again = await c.act(Decide(ref="settings", value="other"))  # the artist wants to see the presets again
+        assert choices(again)[-1].ref == "preset"
+        await c.act(Decide(ref="preset", value="standard"))
+        gates = await c.act(Decide(ref="settings", value="use"))
     said = text(gates)
-    assert "✅ **Gate 2 (settings)**: GO" in said
     assert "❌ **Gate 3 (environment)**" in said and "No NVIDIA GPU was found" in said  # this machine has none
     assert "✅ Dataset ✅ Config ❌ Environment ⏸ Dry run" in said
     assert "Training can't start until all four gates pass" in said
     records = [r.path for r in gates if isinstance(r, Attachment)]
-    assert any(p.endswith("config.md") for p in records) and any(p.endswith("environment.md") for p in records)
+    assert any(p.endswith("environment.md") for p in records)
 
 
 async def test_when_the_gates_pass_the_artist_confirms_training_and_hears_how_it_went(settings, ready):
