@@ -283,5 +283,28 @@ def test_flux_on_the_builtin_trainer_is_refused_plainly(settings, capsys):
     assert gate2.compatibility(Backend.simpletuner, Family.sd15) and not gate2.compatibility(Backend.kohya, Family.flux)
 
 
+def test_kohya_flux_finds_its_text_encoders_and_autoencoder_or_says_which_is_missing(settings, capsys, tmp_path):
+    project_with_pictures(settings, Family.flux)
+    models = tmp_path / "ComfyUI" / "models"
+    for part in ("unet/flux1-dev.safetensors", "clip/clip_l.safetensors", "clip/t5xxl_fp16.safetensors"):
+        (models / part).parent.mkdir(parents=True, exist_ok=True)
+        (models / part).write_bytes(b"weights")
+    flux = str(models / "unet" / "flux1-dev.safetensors")
+    out = loratrain(settings, capsys, "config", "inky", "--backend", "kohya", "--model", flux, "--available", "80")
+    assert "NO-GO" in out and "kohya needs the autoencoder (ae) for Flux as its own file" in out
+
+    (models / "vae").mkdir()
+    (models / "vae" / "ae.safetensors").write_bytes(b"weights")
+    out = loratrain(settings, capsys, "config", "inky", "--backend", "kohya", "--model", flux, "--available", "80")
+    assert "Gate 2 (config): GO" in out
+    train = tomllib.loads((Project.at(settings, "inky").root / "config" / "kohya-train.toml").read_text())
+    assert train["clip_l"] == str(models / "clip" / "clip_l.safetensors")
+    assert train["t5xxl"] == str(models / "clip" / "t5xxl_fp16.safetensors")
+    assert train["ae"] == str(models / "vae" / "ae.safetensors")
+    assert "kohya trains Flux from files on this machine" in loratrain(
+        settings, capsys, "config", "inky", "--backend", "kohya", "--available", "80"
+    )  # the public name is no file: kohya can't use it
+
+
 def project_with_text(settings) -> str:
     return Project.at(settings, "inky").read("config.md")

@@ -10,7 +10,7 @@ a typo would otherwise only show as a run that quietly trained with the wrong se
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
@@ -40,6 +40,7 @@ class Job:
     params: TrainingParams
     model: str  # the base model: a file, a diffusers folder or a Hugging Face name
     trigger: str
+    parts: dict[str, str] = field(default_factory=dict)  # kohya's Flux files: clip_l, t5xxl, ae
 
     @property
     def config_dir(self) -> Path:
@@ -276,8 +277,9 @@ def kohya_configs(job: Job) -> tuple[dict, dict]:
         train["optimizer_args"] = PRODIGY_ARGS
     if sdxl and p.precision == "fp16":  # SDXL's VAE makes NaNs in fp16 (docs/sdxl_train_network.md)
         train["no_half_vae"] = True
-    if flux:  # docs/flux_train_network.md's example settings
+    if flux:  # docs/flux_train_network.md's example settings, and the files it trains from
         train |= {"guidance_scale": 1.0, "timestep_sampling": "flux_shift", "model_prediction_type": "raw"}
+        train |= job.parts
     dataset = {
         "general": {
             "enable_bucket": True,

@@ -18,6 +18,7 @@ from core.families import FAMILIES, Family
 from core.grimoire import Project
 from core.intent import Intent
 from core.store import Store
+from core.training import flux_parts
 from core.training import params as training
 from core.training.configs import KEEP_LAST, SAVE_EVERY_N_EPOCHS, Backend, Job, write
 from core.training.params import Optimizer, Preset, TrainingParams, defaults
@@ -215,9 +216,12 @@ async def configure(
             ],
             estimate=gate.estimate,
         )
-    written = write(backend, Job(project, params, base or "", intent.trigger))
-    if written.problems:
-        gate = Gate2(passed=False, reasons=gate.reasons + written.problems, estimate=gate.estimate)
+    parts, missing = (
+        flux_parts.find(base or "") if (backend, params.family) == (Backend.kohya, Family.flux) else ({}, [])
+    )
+    written = write(backend, Job(project, params, base or "", intent.trigger, parts))
+    if written.problems or missing:
+        gate = Gate2(passed=False, reasons=gate.reasons + missing + written.problems, estimate=gate.estimate)
     record = project.write(
         "config.md", render(project, intent, params, backend, base or "(not given)", gate, written.files[0])
     )
