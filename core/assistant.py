@@ -84,6 +84,21 @@ TOOLS = [
         "input_schema": {"type": "object", "properties": {}},
     },
     {
+        "name": "evaluate",
+        "description": "After training has finished: draw the strength grid again, or with compare=true the kept "
+        "checkpoints side by side. Its pictures and the weight buttons reach the artist as their own messages; "
+        "the artist chooses the weight to register.",
+        "input_schema": {"type": "object", "properties": {"compare": {"type": "boolean"}}},
+    },
+    {
+        "name": "diagnose",
+        "description": "Explain what went wrong with the LoRA and the concrete next step, from "
+        "resources/training/failure-modes.md: give the symptom as a key (burnt, blurry, weak_trigger, copies, "
+        "wrong_colours, only_at_full, bleeds, identity_drift, nan, out_of_memory, killed, captions_ignored) or in "
+        "the artist's words.",
+        "input_schema": {"type": "object", "properties": {"symptom": {"type": "string"}}, "required": ["symptom"]},
+    },
+    {
         "name": "get_status",
         "description": "Where the session stands: phase, project, intent, Gate 1, duplicate pairs waiting.",
         "input_schema": {"type": "object", "properties": {}},
@@ -104,6 +119,8 @@ ACTIONS = (
     "choose_preset",
     "offer_training",
     "cancel_training",
+    "evaluate",
+    "diagnose",
 )  # the tools whose outcome the scripted answer can't replace
 
 
@@ -231,6 +248,10 @@ class ClaudeAssistant:
                 done = await engine.tool_offer_training(session)
             elif call.name == "cancel_training":
                 done = await engine.tool_cancel_training(session)
+            elif call.name == "evaluate":
+                done = await engine.tool_evaluate(session, bool(args.get("compare", False)))
+            elif call.name == "diagnose":
+                done = await engine.tool_diagnose(session, str(args.get("symptom", "")))
             elif call.name == "get_status":
                 return _result(call, json.dumps(await engine.tool_status(session), default=str))
             elif call.name == "read_reference":

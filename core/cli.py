@@ -24,6 +24,7 @@ from core.dataset.report import write_report
 from core.dataset.snapshot import Snapshot, resolve, take
 from core.environment import commands as environment_commands
 from core.errors import UserError
+from core.evaluation import diagnose_commands, eval_commands
 from core.families import FAMILIES, Family
 from core.grimoire import Project
 from core.intent import LoraType, with_article
@@ -218,6 +219,8 @@ def parser() -> argparse.ArgumentParser:
         gate_commands,
         train_commands,
         monitor_commands,
+        eval_commands,
+        diagnose_commands,
     ):
         more.add_parsers(sub)
 
@@ -229,7 +232,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bot", help="run the Discord bot (needs LORATRAIN_DISCORD_TOKEN)")
     p.set_defaults(run=_adapter("bot.main"))
 
-    p = sub.add_parser("demo", help="run the dataset phase on generated sample pictures")
+    p = sub.add_parser("demo", help="run the whole pipeline on generated sample pictures and a tiny model")
     p.set_defaults(run=cmd_demo)
     return top
 

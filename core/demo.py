@@ -1,11 +1,12 @@
-"""``loratrain demo``: the dataset phase end to end on generated pictures, in embedded mode.
+"""``loratrain demo``: the whole pipeline end to end on generated pictures, in embedded mode.
 
 It plays the artist: makes a folder of sample paintings (with a near-duplicate, a picture that is
 too small, a file cut off partway and a text file posing as a JPEG, on purpose), then runs
-new → add → audit → dupes → curate → report → caption → report → config → env → dryrun, printing each
-step as the artist would read it (the captions are written by the local analyzer and the demo approves
-the samples; the dry run trains a tiny SDXL-shaped model built from a config — the demo says so).
-No network, token or GPU.
+new → add → audit → dupes → curate → report → caption → report → config → env → dryrun → train → eval →
+register, printing each step as the artist would read it (the captions are written by the local analyzer
+and the demo approves the samples; training runs on a tiny SDXL-shaped model built from a config, on the
+CPU — the demo says so). Its grimoire is ``grimoire/demo/``, so the artist's own studio.md is never
+touched. No network, token or GPU.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from core.dataset.importer import import_paths
 from core.dataset.report import write_report
 from core.dataset.snapshot import resolve, take
 from core.environment import gate3
-from core.environment.probe import probe
+from core.evaluation.evaluate import evaluate, register
 from core.families import Family
 from core.gates import at_a_glance, ledger
 from core.grimoire import Project
@@ -36,11 +37,17 @@ from core.store import open_store
 from core.training import gate2
 from core.training.configs import Backend
 from core.training.dryrun import dry_run
+from core.training.execute import Note, plan, train
 from core.training.params import Preset
+from core.training.progress import ProgressState
 from core.training.tiny import build_tiny_model
 
 NAME = "demo-style"
 DEMO_GPU_GB = 24.0  # the memory check needs a card; the demo says it pretends one
+DEMO_EPOCHS = 2  # passes over the pictures, once each: enough to show training, short on a CPU
+DEMO_EVAL_STEPS = 3  # sampling steps per grid picture: a tiny random model shows nothing more with more
+DEMO_EVAL_SIZE = 256  # grid pictures: small, so 30 of them draw in seconds on a CPU
+STEPS = 14
 DEMO_RESOLUTION = 512  # the lowest safe size for SDXL: keeps the demo's dry run quick on a CPU
 TRIGGER = "demostyle_lt"
 SCENES = 22
@@ -58,7 +65,7 @@ def make_samples(folder: Path) -> None:
 
 
 def _step(number: int, title: str) -> None:
-    print(f"\n── Step {number} of 11: {title} " + "─" * max(0, 60 - len(title)))
+    print(f"\n── Step {number} of {STEPS}: {title} " + "─" * max(0, 60 - len(title)))
 
 
 async def _run(settings: Settings, artist_folder: Path) -> None:
@@ -122,17 +129,17 @@ async def _run(settings: Settings, artist_folder: Path) -> None:
             f"The demo trains on a tiny SDXL-shaped model built from a config ({model}) at {DEMO_RESOLUTION} px, "
             f"and pretends a {DEMO_GPU_GB:g} GB graphics card for the memory check: no GPU is needed here."
         )
-        configured = await gate2.configure_preset(project, intent, store, Preset.standard, Backend.builtin,
-                                                  str(model), DEMO_GPU_GB, resolution=DEMO_RESOLUTION)  # fmt: skip
+        print(f"It uses the Quick preset cut to {DEMO_EPOCHS} passes of each picture once, so training takes seconds.")
+        configured = await gate2.configure_preset(project, intent, store, Preset.quick, Backend.builtin, str(model),
+                                                  DEMO_GPU_GB, resolution=DEMO_RESOLUTION, epochs=DEMO_EPOCHS,
+                                                  repeats=1)  # fmt: skip
         verdict = "GO" if configured.gate.passed else "NO-GO — " + "; ".join(configured.gate.reasons)
         estimate = configured.gate.estimate.estimate_gb
         print(f"Gate 2 (config): {verdict}. Estimated memory for a real SDXL model: {estimate:.1f} GB.")
         print(f"Written: {configured.record}")
 
         _step(10, "Gate 3: this machine (env)")
-        env = await asyncio.to_thread(probe, "builtin", None, len(snapshot.usable), settings.grimoire,
-                                      family=intent.family)  # fmt: skip
-        machine = await gate3.decide(env, project, store)
+        machine = await gate3.decide(await gate3.probe_project(settings, project, store), project, store)
         print(f"Gate 3 (environment): {machine.summary}")
 
         _step(11, "Gate 4: the dry run (dryrun)")
@@ -141,9 +148,35 @@ async def _run(settings: Settings, artist_folder: Path) -> None:
 
         states = await ledger(project.name, store, {})
         print(f"\n{at_a_glance(states)}")
-        print("Training would start only when all four pass; real training, evaluation and registration come in "
-              "the next releases of loratrain.")  # fmt: skip
+
+        _step(12, "training (train)")
+        print((await plan(project, store, states)).text())
+        print("On Discord you'd press [Start training]; the demo presses it.")
+        result = await train(settings, project, store, _show_progress)
+        print(result.message)
+
+        _step(13, "the strength grid (eval)")
+        evaluation = await evaluate(settings, project, store, steps=DEMO_EVAL_STEPS, resolution=DEMO_EVAL_SIZE)
+        print(f"Grid: {evaluation.grid}")
+        print("\n".join(evaluation.comparison))
+        options = " ".join(f"[{w:g}]" for w in evaluation.options)
+        print(f"Which strength should I record as recommended? {options} — the demo takes {evaluation.suggested:g}.")
+
+        _step(14, "registration (register)")
+        studio = await register(settings, project, store, evaluation.suggested)
+        print(f"Registered {project.name} in {studio} at weight {evaluation.suggested:g}.")
         print(f"Everything is recorded under {project.root.resolve()}")
+
+
+_shown: list[str] = []  # the last progress line printed, so an unchanged one is not printed again
+
+
+async def _show_progress(item: ProgressState | Note) -> None:
+    if isinstance(item, Note):
+        print(item.text)
+    elif item.status == "training" and (line := f"{item.headline()} · {item.details().splitlines()[0]}") not in _shown:
+        print(line)
+        _shown[:] = [line]
 
 
 async def _caption(settings: Settings, store, project: Project, intent, snapshot) -> None:
@@ -166,6 +199,7 @@ async def _caption(settings: Settings, store, project: Project, intent, snapshot
 
 
 def run_demo(settings: Settings) -> None:
+    settings = settings.model_copy(update={"grimoire": settings.grimoire / "demo", "database": None})
     with tempfile.TemporaryDirectory(prefix="loratrain-demo-") as tmp:
         folder = Path(tmp) / "my paintings"
         folder.mkdir()

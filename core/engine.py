@@ -25,15 +25,20 @@ from core import resources
 from core.captions.formats import with_trigger, write_caption
 from core.dataset.snapshot import set_aside
 from core.errors import UserError
+from core.evaluation import diagnose
+from core.evaluation.diagnose_commands import facts_of
+from core.evaluation.prompts import between
 from core.events import (
     CaptionsProposed,
     CaptionsWritten,
     DatasetChecked,
+    EvaluationReady,
     Event,
     GateDecided,
     JobFailed,
     JobProgress,
     JobStarted,
+    LoraRegistered,
     TrainingFinished,
     TrainingNote,
     TrainingProgress,
@@ -141,6 +146,16 @@ PRESETS_NEXT = (
     "teach more but cost more time (resources/training/presets.md)."
 )
 USE_SETTINGS = [Option(value="use", label="Use these settings"), Option(value="other", label="Choose another preset")]
+EVALUATING = (
+    "Now let's see what it learned: I'm drawing it at weights 0.3, 0.5, 0.7, 0.9 and 1.0 beside the base model "
+    "alone, with one seed, for test prompts of your LoRA's type (resources/evaluation/eval-methodology.md)."
+)
+NARROW = re.compile(r"(?:between|try)\s+(\d?\.\d+|1(?:\.0+)?)(?:\s+and\s+(\d?\.\d+|1(?:\.0+)?))?", re.IGNORECASE)
+CHOOSE_WEIGHT = (
+    "Which strength should I record as recommended? The numbers above are evidence, not a verdict: your eye "
+    "decides (resources/evaluation/strength-guide.md). To see a weight in between, type e.g. **between 0.5 and "
+    "0.7** or **try 0.65**."
+)
 START_TRAINING = [Option(value="start", label="Start training"), Option(value="later", label="Not yet")]
 CANCEL_TRAINING = [Option(value="stop", label="Cancel training")]
 NOT_READY = (
@@ -252,6 +267,10 @@ class Engine:
             return Outcome(replies=replies)
         if isinstance(event, TrainingFinished):
             return await self._trained(state, event)
+        if isinstance(event, EvaluationReady):
+            return await self._evaluated(state, event)
+        if isinstance(event, LoraRegistered):
+            return await self._registered(state, event)
         return await self._checked(state, event)
 
     # Phase 1: the intent interview -------------------------------------------------------------
@@ -282,6 +301,10 @@ class Engine:
             return await self._start_training(state, action.value)
         if action.ref == "cancel":
             return await self._cancel_training(state)
+        if action.ref == "weight":
+            return await self._choose_weight(state, action.value)
+        if action.ref == "symptom":
+            return await self._diagnose(state, action.value)
         step = state["data"].get("step") if state["phase"] == "intent" else None
         if action.ref != step:
             return Outcome(replies=[Text(text="That question has already been answered.", private=True)])
@@ -302,6 +325,13 @@ class Engine:
             return Outcome(replies=[await self._offer_training(state)])
         if text.lower() in ("cancel", "stop", "stop training", "cancel training") and state["project"]:
             return await self._cancel_training(state)
+        if state["phase"] in ("evaluated", "registered") and (narrow := NARROW.search(text)):
+            return await self._narrow(state, [float(w) for w in narrow.groups() if w])
+        if state["phase"] in ("trained", "evaluated", "registered"):
+            if text.lower() in ("diagnose", "something's wrong", "something is wrong", "problem"):
+                return Outcome(replies=[await self._offer_symptoms(state)])
+            if key := diagnose.match(text):
+                return await self._diagnose(state, key, offered=False)
         if text.lower() in ("check", "report", "recheck") and state["project"]:
             left = sorted(p for p in inbox(self.settings, state["id"]).rglob("*") if p.is_file())
             return self._check(state, staged=left)
@@ -726,9 +756,92 @@ class Engine:
         replies.append(Attachment(path=event.progress, caption="The run's record (progress.md)."))
         if event.status != "finished":
             replies.append(Text(text="Type **train** to try again: a stopped run picks up from its last checkpoint."))
-        state["phase"] = "trained" if event.status == "finished" else "gates"
+            state["phase"] = "gates"
+            await self._save(state)
+            return Outcome(replies=replies)
+        state["phase"] = "trained"
+        await self._save(state)
+        replies.append(Text(text=EVALUATING))
+        return Outcome(replies=replies, jobs=[self._evaluate(state)])
+
+    # Phases 11–13: evaluation, diagnosis, registration ----------------------------------------------
+
+    def _evaluate(self, state: dict, compare: bool = False, weights: list[float] | None = None) -> Job:
+        state["data"]["eval_round"] = state["data"].get("eval_round", 0) + 1
+        job = self._job("evaluate", state, state["data"]["eval_round"])
+        job.args.update(compare=compare, weights=weights)
+        return job
+
+    async def _narrow(self, state: dict, weights: list[float]) -> Outcome:
+        """'between 0.5 and 0.7' draws 0.6; 'try 0.65' draws 0.65 — the same seed, beside the base model."""
+        weight = between(*weights) if len(weights) == 2 else weights[0]
+        if not 0 < weight <= 1.0:
+            return Outcome(replies=[Text(text="Weights go from 0.1 to 1.0; which should I draw?")])
+        await self.store.take_choice(state["id"], "weight")
+        await self._save(state)
+        return Outcome(replies=[Text(text=f"Drawing weight {weight:g} with the same seed and prompts…")],
+                       jobs=[self._evaluate(state, weights=[weight])])  # fmt: skip
+
+    async def _evaluated(self, state: dict, event: EvaluationReady) -> Outcome:
+        replies: list[Reply] = []
+        if event.grid:
+            replies.append(Picture(path=event.grid, caption="Your LoRA at five strengths, same seed, same prompts "
+                                   "(one row per prompt; the first column is the base model alone)."))  # fmt: skip
+        if event.checkpoints:
+            replies.append(Picture(path=event.checkpoints, caption="The checkpoints side by side at the suggested "
+                                   "weight: the middle one is often the best."))  # fmt: skip
+        lines = [f"- {line}" for line in event.comparison] + [f"- ⚠️ {line}" for line in event.suggestions]
+        if event.note:
+            lines.append(event.note)
+        replies.append(Text(text="\n".join(lines) or "No grid could be drawn."))
+        state["phase"] = "evaluated"
+        if event.options:
+            options = [Option(value=f"{w:g}", label=f"{w:g}") for w in event.options]
+            if event.can_compare and not event.checkpoints:
+                options.append(Option(value="compare", label="Compare checkpoints"))
+            await self.store.offer_choice(state["id"], "weight", {})
+            replies.append(Choice(ref="weight", prompt=CHOOSE_WEIGHT, options=options))
         await self._save(state)
         return Outcome(replies=replies)
+
+    async def _choose_weight(self, state: dict, value: str) -> Outcome:
+        if await self.store.take_choice(state["id"], "weight") is None:
+            return Outcome(replies=[Text(text="That question has already been answered.", private=True)])
+        if value == "compare":
+            await self._save(state)
+            return Outcome(replies=[Text(text="Drawing the kept checkpoints side by side…")],
+                           jobs=[self._evaluate(state, compare=True)])  # fmt: skip
+        job = self._job("register", state, value)
+        job.args["weight"] = float(value)
+        return Outcome(replies=[Text(text=f"Recording weight {value} in your studio…")], jobs=[job])
+
+    async def _registered(self, state: dict, event: LoraRegistered) -> Outcome:
+        intent = intents.load(Project.existing(self.settings, state["project"]))
+        state["phase"] = "registered"
+        await self._save(state)
+        return Outcome(replies=[Text(text=f"Registered **{state['project']}** in your studio at weight "
+                                          f"{event.weight:g}. The /art tool will use it whenever you mention this "
+                                          f"{intent.type}, with the trigger word `{intent.trigger}` added for you. 🎨 "
+                                          "If something looks wrong in use, type **diagnose**.")])  # fmt: skip
+
+    async def _offer_symptoms(self, state: dict) -> Choice:
+        await self.store.offer_choice(state["id"], "symptom", {})
+        return Choice(ref="symptom", prompt="What does the LoRA do wrong? (from resources/training/failure-modes.md)",
+                      options=[Option(value=key, label=label) for key, label in diagnose.symptoms()])  # fmt: skip
+
+    async def _diagnose(self, state: dict, key: str, offered: bool = True) -> Outcome:
+        if offered and await self.store.take_choice(state["id"], "symptom") is None:
+            return Outcome(replies=[Text(text="That question has already been answered.", private=True)])
+        project = Project.existing(self.settings, state["project"])
+        found = diagnose.diagnose(key, await facts_of(self.settings, project))
+        return Outcome(
+            replies=[
+                Text(
+                    text=f"**{found.symptom}**\nLikely cause: {found.cause}\nFix: {found.fix}\n"
+                    f"Next step: {found.next_step}\n(from resources/training/failure-modes.md)"
+                )
+            ]
+        )
 
     # What an assistant may do: the same validated steps the buttons take, and nothing more -------
     # (No tool marks a gate passed or starts training: gates are decided by the jobs that check them, and
@@ -779,6 +892,27 @@ class Engine:
         if not state["project"]:
             raise UserError("There is no project yet, so no training to stop.")
         return await self._cancel_training(state)
+
+    async def tool_evaluate(self, session: str, compare: bool) -> Outcome:
+        """Draw the strength grid again (or the checkpoints side by side); the artist then picks the weight
+        with a button. Refused until a training run has finished."""
+        state = await self._state(session)
+        if state["phase"] not in ("trained", "evaluated", "registered"):
+            raise UserError("There is no finished LoRA to look at yet: training comes first.")
+        await self._save(state)
+        return Outcome(replies=[Text(text=EVALUATING)], jobs=[self._evaluate(state, compare)])
+
+    async def tool_diagnose(self, session: str, symptom: str) -> Outcome:
+        """What a symptom means for this LoRA and the next step (a key from diagnose.symptoms(), or the
+        artist's own words)."""
+        state = await self._state(session)
+        if not state["project"]:
+            raise UserError("There is no project yet, so nothing to diagnose.")
+        key = symptom if symptom in dict(diagnose.symptoms()) else diagnose.match(symptom)
+        if key is None:
+            raise UserError("I couldn't tell which problem that is; the symptoms I know: "
+                            + "; ".join(f"{k} ({label})" for k, label in diagnose.symptoms()))  # fmt: skip
+        return await self._diagnose(state, key, offered=False)
 
     async def tool_status(self, session: str) -> dict:
         """Facts about the session for the assistant's context: phase, project, intent, Gate 1."""

@@ -133,6 +133,26 @@ class TrainingFinished(_Event):
     progress: str  # progress.md
 
 
+class EvaluationReady(_Event):
+    """The strength grid is drawn: the pictures, the evidence beside them, the weights to choose from."""
+
+    kind: Literal["evaluation_ready"] = "evaluation_ready"
+    grid: str | None  # None when ComfyUI could not draw it (its workflows were saved; ``note`` says where)
+    comparison: list[str]
+    suggested: float | None
+    options: list[float]
+    checkpoints: str | None = None
+    can_compare: bool = False
+    suggestions: list[str] = []
+    note: str | None = None
+
+
+class LoraRegistered(_Event):
+    kind: Literal["lora_registered"] = "lora_registered"
+    weight: float
+    studio: str
+
+
 Event = Annotated[
     JobStarted
     | JobProgress
@@ -143,7 +163,9 @@ Event = Annotated[
     | GateDecided
     | TrainingProgress
     | TrainingNote
-    | TrainingFinished,
+    | TrainingFinished
+    | EvaluationReady
+    | LoraRegistered,
     Field(discriminator="kind"),
 ]
 EVENT = TypeAdapter(Event)

@@ -105,6 +105,15 @@ class Project:
         """Images the artist set aside (a duplicate they chose not to keep): moved, never deleted."""
         return self.root / "excluded"
 
+    def checkpoints(self) -> list[Path]:
+        """The LoRA files a run kept in ``checkpoints/`` (the trainers' own subfolders too), oldest first;
+        not the saved training state beside them (``state/``, kohya's ``*-state/``), which is no LoRA."""
+        folder = self.root / "checkpoints"
+        found = folder.rglob("*.safetensors") if folder.is_dir() else []
+        loras = [p for p in found if not any(part == "state" or part.endswith("-state") or part.startswith(".")
+                                             for part in p.relative_to(folder).parts[:-1])]  # fmt: skip
+        return sorted(loras, key=lambda p: p.stat().st_mtime)
+
     def path(self, filename: str) -> Path:
         return inside(self.root, self.root / filename)
 

@@ -7,7 +7,6 @@ what is on disk, and events carry ids derived from the job id, so a second run d
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from pathlib import Path
@@ -17,7 +16,6 @@ from pydantic import BaseModel
 from core import intent as intents
 from core.captions.formats import read_caption, write_caption
 from core.captions.proposals import Proposal, propose
-from core.dataset.audit import list_files
 from core.dataset.curate import curate, most_varied
 from core.dataset.explain import audit_lines
 from core.dataset.importer import import_paths
@@ -25,16 +23,17 @@ from core.dataset.report import write_report
 from core.dataset.sidebyside import side_by_side
 from core.dataset.snapshot import take
 from core.environment import gate3
-from core.environment.probe import probe
 from core.errors import UserError
 from core.events import (
     CaptionsProposed,
     CaptionsWritten,
     DatasetChecked,
+    EvaluationReady,
     GateDecided,
     JobFailed,
     JobProgress,
     JobStarted,
+    LoraRegistered,
     PairToDecide,
     ProposedCaption,
     Publish,
@@ -198,14 +197,8 @@ async def configure(settings: Settings, job: Job, publish: Publish) -> None:
 async def check_environment(settings: Settings, job: Job, publish: Publish) -> None:
     """Gate 3: this worker's GPU, driver, CUDA, PyTorch, disk and trainer, checked for the project."""
     project = Project.existing(settings, job.project)
-    intent = intents.load(project)
     async with open_store(settings.database_path) as store:
-        config = await store.gate(project.name, 2)
-        backend = (config or {}).get("details", {}).get("backend", str(default_backend(intent.family)))
-        estimate = (config or {}).get("details", {}).get("estimate_gb")
-        pictures = len(list_files(project.dataset_dir))
-        env = await asyncio.to_thread(probe, backend, None, pictures, settings.grimoire, family=intent.family,
-                                      vram_needed_gb=estimate)  # fmt: skip
+        env = await gate3.probe_project(settings, project, store)
         gate = await gate3.decide(env, project, store)
     fixes = [f"{p.problem} {p.fix}" for p in env.problems if p.blocking]
     await publish(GateDecided(id=f"{job.id}:gate", gate=3, passed=gate.passed, summary=gate.summary, fixes=fixes,
@@ -246,6 +239,34 @@ async def train_job(settings: Settings, job: Job, publish: Publish) -> None:
                                    **_about(job)))  # fmt: skip
 
 
+async def evaluate_job(settings: Settings, job: Job, publish: Publish) -> None:
+    """The strength grid of the finished LoRA (and its checkpoints side by side when asked), on the GPU."""
+    from core.evaluation.evaluate import evaluate  # torch and diffusers load only in the worker that draws
+    from core.evaluation.prompts import WEIGHTS
+
+    project = Project.existing(settings, job.project)
+    await publish(JobStarted(id=f"{job.id}:started", text="Drawing the strength grid", total=1, **_about(job)))
+    async with open_store(settings.database_path) as store:
+        weights = tuple(job.args.get("weights") or WEIGHTS)
+        result = await evaluate(settings, project, store, compare=job.args.get("compare", False),
+                                steps=settings.eval_steps, weights=weights)  # fmt: skip
+    await publish(JobProgress(id=f"{job.id}:drawn", text="Drawing the strength grid", done=1, total=1,
+                              **_about(job)))  # fmt: skip
+    await publish(EvaluationReady(id=f"{job.id}:ready", **result.model_dump(exclude={"checkpoint", "prompts"}),
+                                  **_about(job)))  # fmt: skip
+
+
+async def register_job(settings: Settings, job: Job, publish: Publish) -> None:
+    """The LoRA in studio.md at the weight the artist chose."""
+    from core.evaluation.evaluate import register
+
+    project = Project.existing(settings, job.project)
+    async with open_store(settings.database_path) as store:
+        studio = await register(settings, project, store, float(job.args["weight"]))
+    await publish(LoraRegistered(id=f"{job.id}:registered", weight=float(job.args["weight"]), studio=str(studio),
+                                 **_about(job)))  # fmt: skip
+
+
 JOBS = {
     "dataset_check": dataset_check,
     "caption_samples": caption_samples,
@@ -254,6 +275,8 @@ JOBS = {
     "check_environment": check_environment,
     "dry_run": dry_run_job,
     "train": train_job,
+    "evaluate": evaluate_job,
+    "register": register_job,
 }
 DOING = {  # what each job does, for its failure message
     "dataset_check": "checking your pictures",
@@ -263,6 +286,8 @@ DOING = {  # what each job does, for its failure message
     "check_environment": "checking the training machine",
     "dry_run": "running the dry run",
     "train": "training",
+    "evaluate": "drawing the strength grid",
+    "register": "registering your LoRA",
 }
 FAILED = "Something went wrong while {doing}. Your pictures and decisions are safe; please try again in a moment."
 

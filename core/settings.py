@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     gpu_job_timeout: int = Field(
         172_800, gt=0, description="Seconds a GPU job (dry run, training) may run before it is stopped."
     )
+    eval_steps: int = Field(25, gt=0, description="Sampling steps for each picture of a strength grid.")
+    comfyui_url: str | None = Field(
+        None, description="ComfyUI's address (e.g. http://127.0.0.1:8188) to draw strength grids with; unset: built-in."
+    )
     discord_guild: int | None = Field(None, description="Discord server id to register /train in at once.")
     discord_token: SecretStr | None = Field(None, description="Discord bot token (only the bot needs it).")
     anthropic_api_key: SecretStr | None = Field(

@@ -68,6 +68,8 @@ async def test_claude_creates_the_project_through_the_engine_and_the_artist_sees
         "choose_preset",
         "offer_training",
         "cancel_training",
+        "evaluate",
+        "diagnose",
         "get_status",
         "read_reference",
     ]

@@ -51,20 +51,27 @@ def test_invalid_input_is_a_plain_message_and_exit_code_2(cli):
     assert code == 2 and "There is no training project called 'ghost'" in err
 
 
-def test_demo_runs_the_whole_dataset_phase_offline(cli, tmp_path):
+def test_demo_runs_the_whole_pipeline_offline(cli, tmp_path):
     code, out, err = cli("demo")
     assert code == 0, err
-    for step in range(1, 12):
-        assert f"Step {step} of 11" in out
+    for step in range(1, 15):
+        assert f"Step {step} of 14" in out
     assert "❌ forest-late.jpg: This file is cut off partway" in out
     assert "❌ notes.jpg: This is a text file" in out
     assert "I found 1 pair of duplicates" in out
     assert "Gate 1 (dataset): NO-GO — images are not captioned yet." in out
     assert "(the demo plays the artist and presses Approve)" in out
-    assert "Gate 1 (dataset): GO — ready." in out.split("Step 8 of 11")[1]
+    assert "Gate 1 (dataset): GO — ready." in out.split("Step 8 of 14")[1]
     assert "Gate 4 (dry run): Dry run passed — model loaded, 3 steps completed, no errors." in out
-    assert "✅ Dataset ✅ Config ❌ Environment ⚠️ Dry run" in out  # no GPU here: the gates hold
-    root = tmp_path / "grimoire" / "training" / "demo-style"
+    assert "Gate 3 (environment): GO for this small test model, which trains on the CPU here" in out
+    assert "✅ Dataset ✅ Config ✅ Environment ✅ Dry run" in out
+    assert "Training finished: demo-style.safetensors" in out and "Weight 0.5:" in out
+    assert "Registered demo-style in" in out
+    studio = (tmp_path / "grimoire" / "demo" / "studio.md").read_text()
+    assert "### LoRA: demo-style" in studio and "- **Trigger word**: demostyle_lt" in studio
+    assert not (tmp_path / "grimoire" / "studio.md").exists()  # the artist's own studio is not touched
+    root = tmp_path / "grimoire" / "demo" / "training" / "demo-style"
+    assert (root / "checkpoints" / "demo-style.safetensors").is_file() and (root / "eval.md").is_file()
     assert (root / "intent.md").is_file() and (root / "dataset-report.md").is_file()
     assert len(list((root / "excluded").iterdir())) == 1
     assert len(list((root / "dataset").glob("*.jpg"))) == 23

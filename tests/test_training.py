@@ -29,10 +29,10 @@ from core.training.execute import THIS_WORKER, alive, train
 from tests.conftest import STANDINS, machine_passes, make_project
 
 
-def test_training_is_refused_while_a_gate_fails_and_nothing_is_launched(cli, tmp_path, painting, tiny_sd15):
+def test_training_is_refused_while_a_gate_fails_and_nothing_is_launched(cli, tmp_path, painting):
     make_project(cli, tmp_path, painting)
-    cli("config", "pots", "--backend", "builtin", "--model", str(tiny_sd15), "--resolution", "512", "--available", "24")
-    cli("env", "pots")  # this machine has no GPU: Gate 3 fails
+    cli("config", "pots", "--backend", "builtin", "--resolution", "512", "--available", "24")  # real SD 1.5
+    cli("env", "pots")  # this machine has no GPU, which a real model needs: Gate 3 fails
     code, _, err = cli("train", "pots", "--yes")
     assert code == 2
     assert "Training can't start: Gate 3 (Environment) is failed" in err and "No NVIDIA GPU" in err
@@ -59,6 +59,7 @@ def test_a_real_run_on_the_tiny_model_ends_with_its_lora_and_its_record(cli, rea
     progress = ready.path("progress.md").read_text()
     assert "- **Status**: FINISHED" in progress and "- **Epoch**: 6 of 6" in progress
     assert "- **Step**: 12 of 12" in progress and "pots-epoch005.safetensors" in progress
+    assert "- lora.safetensors" not in progress  # the saved training state is no checkpoint
     assert "- **Phase**: training — TRAINED" in ready.path("status.md").read_text()
     assert (ready.root / "eval" / "loss-curve.png").stat().st_size > 0
 

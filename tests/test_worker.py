@@ -247,8 +247,8 @@ async def test_a_job_over_its_time_limit_is_stopped_and_told_plainly(queued, red
 async def test_gpu_jobs_go_to_the_gpu_queue_one_at_a_time(queued, redis):
     gpu = worker_settings(queued, "gpu")
     quick = worker_settings(queued, "quick")
-    assert [f.name for f in gpu["functions"]] == ["dry_run", "train"] and gpu["max_jobs"] == 1
-    assert not {"dry_run", "train"} & {f.name for f in quick["functions"]}
+    assert [f.name for f in gpu["functions"]] == ["dry_run", "train", "evaluate"] and gpu["max_jobs"] == 1
+    assert not {"dry_run", "train", "evaluate"} & {f.name for f in quick["functions"]}
     assert gpu["job_timeout"] > queued.gpu_job_timeout > quick["job_timeout"]  # training runs for hours
     job = Job(name="dry_run", id=job_id("dry_run", "p", 1), session="s", project="p")
     assert await submit(redis, queued, job)

@@ -22,7 +22,7 @@ from worker.tasks import TRIES, perform
 
 Queue = Literal["quick", "gpu"]
 
-GPU_JOBS: frozenset[str] = frozenset({"dry_run", "train"})  # jobs that need the GPU
+GPU_JOBS: frozenset[str] = frozenset({"dry_run", "train", "evaluate"})  # jobs that need the GPU
 MAX_JOBS: dict[Queue, int] = {"quick": 4, "gpu": 1}  # one job at a time per GPU
 GRACE_S = 2  # after a job's own time limit, for telling the artist before arq cancels it outright
 KEEP_RESULT_S = 60  # a finished job's id is refused this long, so a double click runs it once

@@ -10,8 +10,7 @@ import argparse
 import json
 
 from core import intent as intents
-from core.dataset.importer import EXTENSIONS
-from core.environment.gate3 import decide, fact_lines, problem_lines
+from core.environment.gate3 import decide, fact_lines, probe_project, problem_lines
 from core.environment.probe import BACKENDS, probe
 from core.families import Family
 from core.grimoire import Project
@@ -19,30 +18,16 @@ from core.settings import Settings
 from core.store import open_store
 
 
-def _pictures(project: Project) -> int:
-    """How many pictures the project's dataset holds now (its captions are not pictures)."""
-    if not project.dataset_dir.is_dir():
-        return 0
-    suffixes = set(EXTENSIONS.values())
-    return sum(1 for p in project.dataset_dir.iterdir() if p.suffix.lower() in suffixes)
-
-
 async def cmd_env(settings: Settings, args: argparse.Namespace) -> None:
     project = Project.existing(settings, args.name) if args.name else None
     family = intents.load(project).family if project else Family.sdxl
-    dataset_size = args.dataset_size if args.dataset_size is not None or not project else _pictures(project)
-    env = probe(
-        args.backend,
-        args.model_size,
-        dataset_size,
-        settings.grimoire,
-        family=family,
-        vram_needed_gb=args.vram,
-    )
-    if project:
+    if project:  # the project's settings say which trainer, model and memory to check for
         async with open_store(settings.database_path) as store:
+            env = await probe_project(settings, project, store, args.backend)
             gate = await decide(env, project, store)
     else:
+        env = probe(args.backend or "builtin", args.model_size, args.dataset_size, settings.grimoire, family=family,
+                    vram_needed_gb=args.vram)  # fmt: skip
         gate = await decide(env, None)
     if args.json:
         print(json.dumps({**env.model_dump(), "gate": gate.model_dump()}, ensure_ascii=False))
@@ -57,7 +42,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add ``env`` to the CLI's subcommands."""
     p = sub.add_parser("env", help="check this machine for training (GPU, driver, PyTorch, disk, trainer); Gate 3")
     p.add_argument("name", nargs="?", help="project name: write its environment.md and record Gate 3")
-    p.add_argument("--backend", choices=BACKENDS, default="builtin", help="the trainer to check (default: builtin)")
+    p.add_argument("--backend", choices=BACKENDS, help="the trainer to check (default: the project's, else builtin)")
     p.add_argument("--model-size", type=float, metavar="GB", help="base model size on disk (default: by model family)")
     p.add_argument("--dataset-size", type=int, metavar="N", help="number of pictures (default: the project's, or 100)")
     p.add_argument("--vram", type=float, metavar="GB", help="Gate 2's GPU memory estimate for the run, if known")

@@ -8,13 +8,17 @@ free memory or disk to the byte: those move all the time, and each move would vo
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 
 from pydantic import BaseModel
 
-from core.environment.probe import Environment, Problem
+from core import intent as intents
+from core.dataset.audit import list_files
+from core.environment.probe import Environment, Problem, model_size_gb, probe
 from core.grimoire import Project
+from core.settings import Settings
 from core.store import Store
 
 
@@ -33,7 +37,7 @@ def fingerprint(env: Environment) -> str:
             include={"nvml_code", "driver", "cuda_driver", "torch_version", "torch_cuda", "cudnn", "backend"}
         ),
         "backend_location": env.backend_location,
-        "problems": sorted(p.code for p in env.problems),
+        "problems": sorted((p.code, p.blocking) for p in env.problems),
     }
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
@@ -43,6 +47,9 @@ def judge(env: Environment) -> Gate3:
     blocking = [p for p in env.problems if p.blocking]
     if blocking:
         summary = "NO-GO: " + blocking[0].problem + (f" (and {len(blocking) - 1} more)" if len(blocking) > 1 else "")
+    elif not env.gpus:
+        summary = ("GO for this small test model, which trains on the CPU here; disk is enough and the trainer is "
+                   "there. A real base model needs an NVIDIA GPU.")  # fmt: skip
     else:
         summary = "GO: the GPU, its driver, CUDA and PyTorch agree, memory and disk are enough, the trainer is there."
     return Gate3(passed=not blocking, summary=summary, problems=env.problems, fingerprint=fingerprint(env))
@@ -116,3 +123,14 @@ async def decide(env: Environment, project: Project | None, store: Store | None 
                        "gpu": gpu and gpu.name, "vram_gb": gpu and gpu.memory_total_gb}  # fmt: skip
             await store.record_gate(project.name, 3, gate.passed, gate.fingerprint, details)
     return gate
+
+
+async def probe_project(settings: Settings, project: Project, store: Store, backend: str | None = None) -> Environment:
+    """This machine, probed for the project as its settings stand: their trainer (or ``backend``), base model
+    and memory estimate, its family and picture count."""
+    intent = intents.load(project)
+    config = (await store.gate(project.name, 2) or {}).get("details", {})
+    backend = backend or config.get("backend") or ("builtin" if intent.family.value != "flux" else "kohya")
+    pictures = len(list_files(project.dataset_dir)) if project.dataset_dir.is_dir() else 0
+    return await asyncio.to_thread(probe, backend, model_size_gb(config.get("model")), pictures, settings.grimoire,
+                                   family=intent.family, vram_needed_gb=config.get("estimate_gb"))  # fmt: skip

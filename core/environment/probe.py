@@ -79,6 +79,7 @@ BACKEND_FIXES: dict[str, str] = {
     "and set LORATRAIN_AI_TOOLKIT_DIR to that folder.",
 }
 
+SMALL_MODEL_GB = 0.5  # below this a base model is a test model (tiny-model), which trains on the CPU; SD 1.5 is 2 GB
 NO_GPU_FIX = (
     "The built-in trainer's dry run on the tiny model still works on the CPU; to train for real, use a machine "
     "with an NVIDIA GPU or rent one (coming with cloud support)."
@@ -120,6 +121,7 @@ class Environment(BaseModel):
     disk_free_gb: float
     disk_needs: list[DiskItem]
     vram_needed_gb: float | None = None  # Gate 2's estimate, when known
+    model_size_gb: float | None = None  # the base model on disk, when it is a local file or folder
     backend: Backend = "builtin"
     backend_location: str | None = None
     backend_missing: str | None = None  # what is missing, in plain words; None when the trainer is there
@@ -232,7 +234,17 @@ def driver_problem(env: Environment) -> Problem | None:
 def find_problems(env: Environment) -> list[Problem]:
     """Everything that stands in the way of real training on this machine, each with its fix, in plain words."""
     problems: list[Problem] = []
-    if not env.gpus:
+    if not env.gpus and env.backend == "builtin" and (env.model_size_gb or SMALL_MODEL_GB) < SMALL_MODEL_GB:
+        problems.append(
+            Problem(
+                code="no_gpu",
+                problem=f"No NVIDIA GPU here; the base model is a small test model ({env.model_size_gb * 1000:.0f} "
+                "MB), which the built-in trainer trains on the CPU.",
+                fix="A real base model (2 GB and up) needs an NVIDIA GPU: use a machine with one, or rent one.",
+                blocking=False,
+            )
+        )
+    elif not env.gpus:
         why, fix = NVML_ADVICE.get(env.nvml_code, ("the NVIDIA driver reports no card", NO_GPU_FIX))
         if env.nvml_code == NVML_LIBRARY_NOT_FOUND:
             why = "no NVIDIA driver found"
@@ -400,6 +412,16 @@ def _torch_facts() -> dict:
     return facts
 
 
+def model_size_gb(model: str | None) -> float | None:
+    """The base model's size on disk in GB (a file, or a diffusers folder's files); None when it is not
+    on this machine (a Hugging Face name, a missing path)."""
+    path = Path(model) if model else None
+    if path is None or not path.exists():
+        return None
+    files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+    return round(sum(f.stat().st_size for f in files) / 1e9, 3)
+
+
 def disk_needs(family: Family, model_size_gb: float | None, dataset_size: int | None) -> list[DiskItem]:
     """What the run puts on disk, from the "Disk needs" table: base model, pictures, caches, kept checkpoints."""
     gb = {r["Item"]: float(r["Gigabytes"]) for r in resources.table(CHECKLIST, "Disk needs")}
@@ -485,6 +507,7 @@ def probe(
         disk_free_gb=_disk_free_gb(folder),
         disk_needs=disk_needs(family, model_size_gb, dataset_size),
         vram_needed_gb=vram_needed_gb,
+        model_size_gb=model_size_gb,
         backend=backend,
         backend_location=location,
         backend_missing=missing,

@@ -219,24 +219,24 @@ def training_caption(caption: str, config: TrainConfig, rng: random.Random) -> s
 # --- model ----------------------------------------------------------------------------------------
 
 
-def load_pipeline(config: TrainConfig, dtype: torch.dtype):
-    if not config.model.exists():
+def load_pipeline(model: Path, arch: Literal["sd15", "sdxl"], dtype: torch.dtype):
+    if not model.exists():
         raise TrainingError(
             "model_not_found",
-            f"The base model {config.model} was not found. Check the path, or download the model first.",
+            f"The base model {model} was not found. Check the path, or download the model first.",
         )
-    cls = PIPELINES[config.arch]
+    cls = PIPELINES[arch]
     extra = {"dtype": dtype}
-    if config.arch == "sd15":
+    if arch == "sd15":
         extra |= {"safety_checker": None, "requires_safety_checker": False}
     try:
-        if config.model.is_dir():
-            return cls.from_pretrained(config.model, **extra)
-        return cls.from_single_file(config.model, **extra)
+        if model.is_dir():
+            return cls.from_pretrained(model, **extra)
+        return cls.from_single_file(model, **extra)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise TrainingError(
             "model_load_failed",
-            f"The base model {config.model} could not be loaded as {config.arch.upper()}: {err}",
+            f"The base model {model} could not be loaded as {arch.upper()}: {err}",
         ) from err
 
 
@@ -497,7 +497,7 @@ def _train(config: TrainConfig, emit: Emit, stop: threading.Event) -> TrainResul
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
 
-    pipe = load_pipeline(config, weight_dtype)
+    pipe = load_pipeline(config.model, config.arch, weight_dtype)
     examples = _prepare(pipe, pairs, config, device)
     params = {name: p for name, p in pipe.unet.named_parameters() if p.requires_grad}
 

@@ -168,7 +168,7 @@ class _Live:
         important = False
         for signal in signals:
             if isinstance(signal, Checkpoint):
-                self.state.checkpoints = _checkpoint_names(self.project)
+                self.state.checkpoints = [p.name for p in self.project.checkpoints()]
                 curve = _curve(self.monitor, self.curve, self.project.name)
                 await self.report(Note(text=f"Checkpoint saved{_at(signal)} (loss curve attached).", ping=True,
                                        picture=curve))  # fmt: skip
@@ -214,7 +214,7 @@ class _Live:
         """Record how the run ended: progress.md, status.md, the loss curve, the run in SQLite."""
         state, project = self.state, self.project
         state.follow(self.monitor, self.started)
-        state.checkpoints = _checkpoint_names(project)
+        state.checkpoints = [p.name for p in project.checkpoints()]
         state.status, state.message = status, message
         curve = _curve(self.monitor, self.curve, project.name)
         state.write(project)
@@ -271,7 +271,7 @@ def _archive(project: Project) -> None:
 
 def _saved(project: Project) -> str:
     """Exactly what is kept, in plain words."""
-    names = [p.name for p in sorted((project.root / "checkpoints").rglob("*.safetensors"))]
+    names = [p.name for p in project.checkpoints()]
     if not names:
         return "No checkpoint had been saved yet."
     return f"Saved and kept in {project.root / 'checkpoints'}: {', '.join(names)}."
@@ -289,11 +289,6 @@ def _epochs(backend: Backend, files: list[Path]) -> int | None:
             return config.get("num_train_epochs") or None
         case Backend.ai_toolkit:
             return None  # it counts steps
-
-
-def _checkpoint_names(project: Project) -> list[str]:
-    folder = project.root / "checkpoints"
-    return [p.name for p in sorted(folder.rglob("*.safetensors"), key=lambda p: p.stat().st_mtime)]
 
 
 def _final_lora(project: Project, backend: Backend, monitor: Monitor) -> Path | None:

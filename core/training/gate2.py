@@ -233,6 +233,7 @@ async def configure(
         digest,
         {
             "backend": str(backend),
+            "model": base,
             "reasons": gate.reasons,
             "estimate_gb": gate.estimate.estimate_gb,
             "available_gb": available_gb,

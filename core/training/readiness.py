@@ -6,14 +6,11 @@ spends GPU time, so a picture added or a setting changed after the gates passed 
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from core import intent as intents
-from core.dataset.audit import list_files
 from core.dataset.snapshot import take
 from core.environment import gate3
-from core.environment.probe import probe
 from core.gates import GateState, ledger
 from core.grimoire import Project
 from core.settings import Settings
@@ -37,10 +34,7 @@ async def current_fingerprints(settings: Settings, project: Project, store: Stor
     config = (await store.gate(project.name, 2) or {}).get("details", {})
     files = [Path(f) for f in config.get("files", [])]
     current[2] = gate2.fingerprint(files) if files and all(f.is_file() for f in files) else None
-    pictures = len(list_files(project.dataset_dir))
-    env = await asyncio.to_thread(probe, config.get("backend", "builtin"), None, pictures, settings.grimoire,
-                                  family=intent.family, vram_needed_gb=config.get("estimate_gb"))  # fmt: skip
-    current[3] = gate3.fingerprint(env)
+    current[3] = gate3.fingerprint(await gate3.probe_project(settings, project, store))
     dry = (await store.gate(project.name, 4) or {}).get("details", {}).get("config")
     if dry is not None:
         gates = {n: await store.gate(project.name, n) for n in (1, 2, 3)}
