@@ -6,9 +6,9 @@ a choice with options, an image, a file, a progress update) and jobs to run. The
 terminal chat only translate; every decision is made here, and every state change is in SQLite, so a
 restart resumes where the conversation stood.
 
-Phases follow the seed (``PHASES``); this release carries the project from the intent interview
-through the dataset, captions and the four gates to training (its confirmation, progress, cancel and
-end). Evaluation and registration come next.
+Phases follow the seed (``PHASES``): here the intent interview, the dataset, captions and the four
+gates; what follows the gates (training, evaluation, diagnosis, registration) is ``core.after_gates``.
+The artist's actions and the replies are ``core.replies`` (re-exported here for the adapters).
 """
 
 from __future__ import annotations
@@ -16,18 +16,15 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Literal, Protocol
-
-from pydantic import BaseModel
+from typing import Protocol
 
 from core import intent as intents
 from core import resources
+from core.after_gates import AfterGates
 from core.captions.formats import with_trigger, write_caption
 from core.dataset.snapshot import set_aside
 from core.errors import UserError
 from core.evaluation import diagnose
-from core.evaluation.diagnose_commands import facts_of
-from core.evaluation.prompts import between
 from core.events import (
     CaptionsProposed,
     CaptionsWritten,
@@ -49,88 +46,28 @@ from core.grimoire import Project
 from core.intent import DATASET_TARGETS, LoraType, with_article
 from core.jobs import SAMPLES, Job, inbox, job_id
 from core.names import check_project_name, check_trigger_word, suggest_trigger_word
+from core.replies import (  # noqa: F401 — the adapters import the replies from here
+    Attachment,
+    Choice,
+    Decide,
+    Option,
+    Outcome,
+    Picture,
+    Progress,
+    Reply,
+    Say,
+    Text,
+    Upload,
+)
 from core.settings import Settings
 from core.store import Store
 from core.studio import studio_models
-from core.training.execute import alive, plan
 
 PHASES = (
     "intent", "audit", "duplicates", "captions", "curation", "dataset report", "config", "environment",
     "dry run", "training", "evaluation", "diagnosis", "registration",
 )  # fmt: skip
 CHOICE_REF = re.compile(r"[a-z]+(:[0-9a-f]{1,16})?")  # what a button may carry: short, and safe in a custom id
-
-
-# What the artist did ---------------------------------------------------------------------------
-
-
-class Say(BaseModel):
-    kind: Literal["say"] = "say"
-    text: str
-
-
-class Upload(BaseModel):
-    kind: Literal["upload"] = "upload"
-    staged: list[Path]  # files already in the inbox (``core.uploads.stage_upload``)
-    refused: list[str] = []  # plain sentences for files refused at the door
-
-
-class Decide(BaseModel):
-    kind: Literal["decide"] = "decide"
-    ref: str  # which offered choice
-    value: str  # which option
-    text: str | None = None  # what the artist typed with it (an adjusted caption)
-
-
-# What to show ----------------------------------------------------------------------------------
-
-
-class Text(BaseModel):
-    kind: Literal["text"] = "text"
-    text: str
-    private: bool = False  # only the person who acted should see it
-    ping: bool = False  # notify the artist (a checkpoint, a warning, the end of training)
-
-
-class Option(BaseModel):
-    value: str
-    label: str
-
-
-class Choice(BaseModel):
-    kind: Literal["choice"] = "choice"
-    ref: str
-    prompt: str
-    options: list[Option]
-
-
-class Picture(BaseModel):
-    kind: Literal["image"] = "image"
-    path: str
-    caption: str
-
-
-class Attachment(BaseModel):
-    kind: Literal["file"] = "file"
-    path: str
-    caption: str
-
-
-class Progress(BaseModel):
-    kind: Literal["progress"] = "progress"
-    key: str  # one message per key, edited in place
-    text: str
-    done: int
-    total: int
-    details: str | None = None  # further lines under the bar (training: loss, memory, time)
-
-
-Reply = Text | Choice | Picture | Attachment | Progress
-
-
-class Outcome(BaseModel):
-    replies: list[Reply] = []
-    jobs: list[Job] = []
 
 
 # The conversation --------------------------------------------------------------------------------
@@ -146,18 +83,6 @@ PRESETS_NEXT = (
     "teach more but cost more time (resources/training/presets.md)."
 )
 USE_SETTINGS = [Option(value="use", label="Use these settings"), Option(value="other", label="Choose another preset")]
-EVALUATING = (
-    "Now let's see what it learned: I'm drawing it at weights 0.3, 0.5, 0.7, 0.9 and 1.0 beside the base model "
-    "alone, with one seed, for test prompts of your LoRA's type (resources/evaluation/eval-methodology.md)."
-)
-NARROW = re.compile(r"(?:between|try)\s+(\d?\.\d+|1(?:\.0+)?)(?:\s+and\s+(\d?\.\d+|1(?:\.0+)?))?", re.IGNORECASE)
-CHOOSE_WEIGHT = (
-    "Which strength should I record as recommended? The numbers above are evidence, not a verdict: your eye "
-    "decides (resources/evaluation/strength-guide.md). To see a weight in between, type e.g. **between 0.5 and "
-    "0.7** or **try 0.65**."
-)
-START_TRAINING = [Option(value="start", label="Start training"), Option(value="later", label="Not yet")]
-CANCEL_TRAINING = [Option(value="stop", label="Cancel training")]
 NOT_READY = (
     "Training can't start until all four gates pass — nothing overrides this, because each gate catches a problem "
     "before it costs hours of GPU time (resources/training/training-concepts.md)."
@@ -203,7 +128,7 @@ class Assistant(Protocol):
     async def converse(self, engine: Engine, state: dict, text: str) -> Outcome | None: ...
 
 
-class Engine:
+class Engine(AfterGates):
     def __init__(self, settings: Settings, store: Store, assistant: Assistant | None = None):
         self.settings, self.store, self.assistant = settings, store, assistant
 
@@ -321,17 +246,8 @@ class Engine:
             return Outcome(replies=[Text(text=await self._where_we_are(state))])
         if (edit := CAPTION_EDIT.fullmatch(text)) and state["project"]:
             return await self._edit_caption(state, edit["file"], edit["caption"])
-        if text.lower() in ("train", "start training") and state["project"]:
-            return Outcome(replies=[await self._offer_training(state)])
-        if text.lower() in ("cancel", "stop", "stop training", "cancel training") and state["project"]:
-            return await self._cancel_training(state)
-        if state["phase"] in ("evaluated", "registered") and (narrow := NARROW.search(text)):
-            return await self._narrow(state, [float(w) for w in narrow.groups() if w])
-        if state["phase"] in ("trained", "evaluated", "registered"):
-            if text.lower() in ("diagnose", "something's wrong", "something is wrong", "problem"):
-                return Outcome(replies=[await self._offer_symptoms(state)])
-            if key := diagnose.match(text):
-                return await self._diagnose(state, key, offered=False)
+        if state["project"] and (answer := await self.after_gates_text(state, text)):
+            return answer
         if text.lower() in ("check", "report", "recheck") and state["project"]:
             left = sorted(p for p in inbox(self.settings, state["id"]).rglob("*") if p.is_file())
             return self._check(state, staged=left)
@@ -700,149 +616,6 @@ class Engine:
         return Outcome(replies=[Text(text="Settings agreed. Checking the training machine (Gate 3), then a few real "
                                           "training steps as a dry run (Gate 4)…")], jobs=[job])  # fmt: skip
 
-    # Phase 10: training -------------------------------------------------------------------------
-
-    async def _offer_training(self, state: dict) -> Reply:
-        """The final confirmation (pictures, model, trainer, measured time), or why it can't start yet.
-        The gates are judged on their records here; the GPU worker judges them again on its machine."""
-        project = Project.existing(self.settings, state["project"])
-        run = await self.store.latest_run(project.name)
-        if run and run["status"] == "running" and alive(run):
-            return Text(text="The training is running now: its progress message above is kept up to date. Type "
-                        "**cancel** to stop it.")  # fmt: skip
-        try:
-            ready = await plan(project, self.store, await ledger(project.name, self.store, {}))
-        except UserError as err:
-            return Text(text=str(err))
-        await self.store.offer_choice(state["id"], "train", {})
-        return Choice(ref="train", prompt=ready.text(), options=START_TRAINING)
-
-    async def _start_training(self, state: dict, value: str) -> Outcome:
-        if await self.store.take_choice(state["id"], "train") is None:
-            return Outcome(replies=[Text(text="That question has already been answered.", private=True)])
-        if value != "start":
-            return Outcome(replies=[Text(text="Fine — nothing is spent until you say so. Type **train** when you're "
-                                              "ready.")])  # fmt: skip
-        state["data"]["training_round"] = state["data"].get("training_round", 0) + 1
-        state["phase"] = "training"
-        await self._save(state)
-        await self.store.offer_choice(state["id"], "cancel", {})
-        job = self._job("train", state, state["data"]["training_round"])
-        return Outcome(
-            replies=[
-                Choice(
-                    ref="cancel",
-                    prompt="Starting the training. I'll keep one message up to date and ping "
-                    "you at each checkpoint and at the end. You can stop it at any time; the last "
-                    "checkpoint is kept.",
-                    options=CANCEL_TRAINING,
-                )
-            ],  # fmt: skip
-            jobs=[job],
-        )
-
-    async def _cancel_training(self, state: dict) -> Outcome:
-        run = await self.store.request_cancel(state["project"])
-        if run is None:
-            return Outcome(replies=[Text(text="No training is running for this project, so there's nothing to stop.")])
-        return Outcome(replies=[Text(text="Stopping the training: it finishes its current step and keeps the last "
-                                          "checkpoint.")])  # fmt: skip
-
-    async def _trained(self, state: dict, event: TrainingFinished) -> Outcome:
-        await self.store.take_choice(state["id"], "cancel")
-        replies: list[Reply] = [Text(text=event.message, ping=True)]
-        if event.curve:
-            replies.append(Picture(path=event.curve, caption="The loss over the whole run."))
-        replies.append(Attachment(path=event.progress, caption="The run's record (progress.md)."))
-        if event.status != "finished":
-            replies.append(Text(text="Type **train** to try again: a stopped run picks up from its last checkpoint."))
-            state["phase"] = "gates"
-            await self._save(state)
-            return Outcome(replies=replies)
-        state["phase"] = "trained"
-        await self._save(state)
-        replies.append(Text(text=EVALUATING))
-        return Outcome(replies=replies, jobs=[self._evaluate(state)])
-
-    # Phases 11–13: evaluation, diagnosis, registration ----------------------------------------------
-
-    def _evaluate(self, state: dict, compare: bool = False, weights: list[float] | None = None) -> Job:
-        state["data"]["eval_round"] = state["data"].get("eval_round", 0) + 1
-        job = self._job("evaluate", state, state["data"]["eval_round"])
-        job.args.update(compare=compare, weights=weights)
-        return job
-
-    async def _narrow(self, state: dict, weights: list[float]) -> Outcome:
-        """'between 0.5 and 0.7' draws 0.6; 'try 0.65' draws 0.65 — the same seed, beside the base model."""
-        weight = between(*weights) if len(weights) == 2 else weights[0]
-        if not 0 < weight <= 1.0:
-            return Outcome(replies=[Text(text="Weights go from 0.1 to 1.0; which should I draw?")])
-        await self.store.take_choice(state["id"], "weight")
-        await self._save(state)
-        return Outcome(replies=[Text(text=f"Drawing weight {weight:g} with the same seed and prompts…")],
-                       jobs=[self._evaluate(state, weights=[weight])])  # fmt: skip
-
-    async def _evaluated(self, state: dict, event: EvaluationReady) -> Outcome:
-        replies: list[Reply] = []
-        if event.grid:
-            replies.append(Picture(path=event.grid, caption="Your LoRA at five strengths, same seed, same prompts "
-                                   "(one row per prompt; the first column is the base model alone)."))  # fmt: skip
-        if event.checkpoints:
-            replies.append(Picture(path=event.checkpoints, caption="The checkpoints side by side at the suggested "
-                                   "weight: the middle one is often the best."))  # fmt: skip
-        lines = [f"- {line}" for line in event.comparison] + [f"- ⚠️ {line}" for line in event.suggestions]
-        if event.note:
-            lines.append(event.note)
-        replies.append(Text(text="\n".join(lines) or "No grid could be drawn."))
-        state["phase"] = "evaluated"
-        if event.options:
-            options = [Option(value=f"{w:g}", label=f"{w:g}") for w in event.options]
-            if event.can_compare and not event.checkpoints:
-                options.append(Option(value="compare", label="Compare checkpoints"))
-            await self.store.offer_choice(state["id"], "weight", {})
-            replies.append(Choice(ref="weight", prompt=CHOOSE_WEIGHT, options=options))
-        await self._save(state)
-        return Outcome(replies=replies)
-
-    async def _choose_weight(self, state: dict, value: str) -> Outcome:
-        if await self.store.take_choice(state["id"], "weight") is None:
-            return Outcome(replies=[Text(text="That question has already been answered.", private=True)])
-        if value == "compare":
-            await self._save(state)
-            return Outcome(replies=[Text(text="Drawing the kept checkpoints side by side…")],
-                           jobs=[self._evaluate(state, compare=True)])  # fmt: skip
-        job = self._job("register", state, value)
-        job.args["weight"] = float(value)
-        return Outcome(replies=[Text(text=f"Recording weight {value} in your studio…")], jobs=[job])
-
-    async def _registered(self, state: dict, event: LoraRegistered) -> Outcome:
-        intent = intents.load(Project.existing(self.settings, state["project"]))
-        state["phase"] = "registered"
-        await self._save(state)
-        return Outcome(replies=[Text(text=f"Registered **{state['project']}** in your studio at weight "
-                                          f"{event.weight:g}. The /art tool will use it whenever you mention this "
-                                          f"{intent.type}, with the trigger word `{intent.trigger}` added for you. 🎨 "
-                                          "If something looks wrong in use, type **diagnose**.")])  # fmt: skip
-
-    async def _offer_symptoms(self, state: dict) -> Choice:
-        await self.store.offer_choice(state["id"], "symptom", {})
-        return Choice(ref="symptom", prompt="What does the LoRA do wrong? (from resources/training/failure-modes.md)",
-                      options=[Option(value=key, label=label) for key, label in diagnose.symptoms()])  # fmt: skip
-
-    async def _diagnose(self, state: dict, key: str, offered: bool = True) -> Outcome:
-        if offered and await self.store.take_choice(state["id"], "symptom") is None:
-            return Outcome(replies=[Text(text="That question has already been answered.", private=True)])
-        project = Project.existing(self.settings, state["project"])
-        found = diagnose.diagnose(key, await facts_of(self.settings, project))
-        return Outcome(
-            replies=[
-                Text(
-                    text=f"**{found.symptom}**\nLikely cause: {found.cause}\nFix: {found.fix}\n"
-                    f"Next step: {found.next_step}\n(from resources/training/failure-modes.md)"
-                )
-            ]
-        )
-
     # What an assistant may do: the same validated steps the buttons take, and nothing more -------
     # (No tool marks a gate passed or starts training: gates are decided by the jobs that check them, and
     # training starts only from the artist's own Start button.)
@@ -899,8 +672,7 @@ class Engine:
         state = await self._state(session)
         if state["phase"] not in ("trained", "evaluated", "registered"):
             raise UserError("There is no finished LoRA to look at yet: training comes first.")
-        await self._save(state)
-        return Outcome(replies=[Text(text=EVALUATING)], jobs=[self._evaluate(state, compare)])
+        return await self._evaluate_again(state, compare)
 
     async def tool_diagnose(self, session: str, symptom: str) -> Outcome:
         """What a symptom means for this LoRA and the next step (a key from diagnose.symptoms(), or the
