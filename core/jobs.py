@@ -41,14 +41,13 @@ from core.events import (
     TrainingNote,
     TrainingProgress,
 )
-from core.families import Family
 from core.grimoire import Project, inside
 from core.intent import Intent
 from core.settings import Settings
 from core.store import Store, open_store
 from core.studio import gpu_memory_gb, model_path
 from core.training import dryrun, execute, gate2
-from core.training.configs import Backend
+from core.training.configs import Backend, default_backend
 from core.training.execute import Note
 from core.training.params import Preset
 from core.training.progress import ProgressState
@@ -172,11 +171,6 @@ async def _propose(settings: Settings, store: Store, project: Project, intent: I
 
     examples = await store.approved_examples(project.name)
     return await propose(settings, store, project, intent, files, examples, job.args.get("offline", False), progress)
-
-
-def default_backend(family: Family) -> Backend:
-    """The built-in trainer where it can train the family (SD 1.5, SDXL, Pony), else kohya (Flux)."""
-    return Backend.builtin if family is not Family.flux else Backend.kohya
 
 
 async def configure(settings: Settings, job: Job, publish: Publish) -> None:

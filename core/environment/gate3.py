@@ -20,6 +20,7 @@ from core.environment.probe import Environment, Problem, model_size_gb, probe
 from core.grimoire import Project
 from core.settings import Settings
 from core.store import Store
+from core.training.configs import default_backend
 
 
 class Gate3(BaseModel):
@@ -130,7 +131,7 @@ async def probe_project(settings: Settings, project: Project, store: Store, back
     and memory estimate, its family and picture count."""
     intent = intents.load(project)
     config = (await store.gate(project.name, 2) or {}).get("details", {})
-    backend = backend or config.get("backend") or ("builtin" if intent.family.value != "flux" else "kohya")
+    backend = backend or config.get("backend") or str(default_backend(intent.family))
     pictures = len(list_files(project.dataset_dir)) if project.dataset_dir.is_dir() else 0
     return await asyncio.to_thread(probe, backend, model_size_gb(config.get("model")), pictures, settings.grimoire,
                                    family=intent.family, vram_needed_gb=config.get("estimate_gb"))  # fmt: skip

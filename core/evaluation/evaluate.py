@@ -25,7 +25,7 @@ from core.evaluation.diagnose_commands import facts_of
 from core.evaluation.picture import compose
 from core.evaluation.prompts import SEED, WEIGHTS, test_prompts, weight_label
 from core.families import FAMILIES, Family
-from core.grimoire import Project
+from core.grimoire import Project, write_atomic
 from core.settings import Settings
 from core.store import Store
 
@@ -79,7 +79,7 @@ async def evaluate(settings: Settings, project: Project, store: Store, *, checkp
     if drawn is not None:
         pictures = [path for path, _ in list_files(project.dataset_dir)]
         measured = await asyncio.to_thread(evidence.measure, drawn, pictures)
-        (project.root / "eval" / "evidence.json").write_text(json.dumps([e.__dict__ for e in measured]))
+        write_atomic(project.root / "eval" / "evidence.json", json.dumps([e.__dict__ for e in measured]))
         best = evidence.suggested(measured, intent.type)
         result.grid, result.comparison, result.suggested = str(drawn.picture), evidence.comparison(
             measured, intent.type), best  # fmt: skip
@@ -91,7 +91,7 @@ async def evaluate(settings: Settings, project: Project, store: Store, *, checkp
             result.checkpoints = str(await asyncio.to_thread(
                 grid.compare_checkpoints, model, _arch(intent.family), loras, prompts, out, weight=best, seed=seed,
                 resolution=size, steps=steps))  # fmt: skip
-    (project.root / "eval" / "evaluation.json").write_text(result.model_dump_json(indent=2))
+    write_atomic(project.root / "eval" / "evaluation.json", result.model_dump_json(indent=2))
     _write_eval_md(project, result, result.suggested)
     return result
 
@@ -119,7 +119,7 @@ async def _draw(settings: Settings, family: Family, model: Path, lora: Path, pro
                                         resolution=size, steps=steps, weights=weights)  # fmt: skip
         return drawn, None
     graphs = {
-        f"{name}-{weight_label(w) if w is not None else 'none'}": comfyui.workflow(
+        _cell(name, w): comfyui.workflow(
             checkpoint=model.name, lora=lora.name if w is not None else None, weight=w or 0.0, prompt=prompt,
             negative="", seed=seed, width=size, height=size, steps=steps, prefix=f"loratrain/{lora.stem}")
         for name, prompt in prompts for w in (None, *weights)
@@ -127,7 +127,7 @@ async def _draw(settings: Settings, family: Family, model: Path, lora: Path, pro
     rendered = await comfyui.render(settings.comfyui_url, graphs, out)
     if len(rendered.images) < len(graphs):
         return None, rendered.message
-    cells = [grid.Cell(name, prompt, w, rendered.images[f"{name}-{weight_label(w) if w is not None else 'none'}"])
+    cells = [grid.Cell(name, prompt, w, rendered.images[_cell(name, w)])
              for w in (None, *weights) for name, prompt in prompts]  # fmt: skip
     positions = {(r, c): cells[c * len(prompts) + r].path for c in range(len(weights) + 1) for r in range(len(prompts))}
     picture = compose(
@@ -140,6 +140,11 @@ async def _draw(settings: Settings, family: Family, model: Path, lora: Path, pro
     note = (f"Drawn by ComfyUI at {settings.comfyui_url} (the LoRA must be in its models/loras folder as "
             f"{lora.name}).")  # fmt: skip
     return grid.Grid(picture, cells, seed, weights, prompts, lora), note
+
+
+def _cell(prompt_name: str, weight: float | None) -> str:
+    """One picture's name among ComfyUI's graphs: the prompt and its column."""
+    return f"{prompt_name}-{weight_label(weight) if weight is not None else 'none'}"
 
 
 def _write_eval_md(project: Project, result: Evaluation, weight: float | None) -> Path:

@@ -32,6 +32,11 @@ class Backend(StrEnum):
     ai_toolkit = "ai-toolkit"
 
 
+def default_backend(family: Family) -> Backend:
+    """The built-in trainer where it can train the family (SD 1.5, SDXL, Pony), else kohya (Flux)."""
+    return Backend.builtin if family is not Family.flux else Backend.kohya
+
+
 @dataclass(frozen=True)
 class Job:
     """What a backend config needs besides the settings: where things are and what to call them."""

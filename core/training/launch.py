@@ -54,9 +54,7 @@ def batch_size(backend: Backend, files: list[Path]) -> int:
     """The batch size a backend's approved config trains with."""
     config = read_config(files[0])
     match backend:
-        case Backend.kohya:
-            return int(config["train_batch_size"])
-        case Backend.simpletuner:
+        case Backend.kohya | Backend.simpletuner:
             return int(config["train_batch_size"])
         case Backend.ai_toolkit:
             return int(config["config"]["process"][0]["train"]["batch_size"])
