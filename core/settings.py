@@ -44,6 +44,32 @@ class Settings(BaseSettings):
     comfyui_url: str | None = Field(
         None, description="ComfyUI's address (e.g. http://127.0.0.1:8188) to draw strength grids with; unset: built-in."
     )
+    vast_api_key: SecretStr | None = Field(None, description="Vast.ai API key, for renting cloud GPUs there.")
+    runpod_api_key: SecretStr | None = Field(None, description="RunPod API key, for renting cloud GPUs there.")
+    vast_url: str = Field("https://console.vast.ai/api/v0", description="Vast.ai's API address.")
+    runpod_url: str = Field("https://rest.runpod.io/v1", description="RunPod's REST API address (pods).")
+    runpod_graphql_url: str = Field(
+        "https://api.runpod.io/graphql", description="RunPod's GraphQL address (GPU types and prices)."
+    )
+    cloud_image: str = Field(
+        "runpod/pytorch:2.8.0-py3.11-cuda12.8.1-cudnn-devel-ubuntu22.04",
+        description="Docker image a rented GPU starts from: Python 3.11, CUDA PyTorch and an SSH server.",
+    )
+    cloud_max_usd: float = Field(
+        10.0, gt=0, description="Spending cap for one cloud run, in US dollars: estimates above it are refused, "
+        "and a run that reaches it is stopped and its GPU destroyed.",
+    )
+    cloud_setup_minutes: float = Field(
+        20.0, ge=0, description="Minutes added to a cloud estimate for start-up, upload, install and the dry run."
+    )
+    cloud_ready_timeout: int = Field(
+        900, gt=0, description="Seconds to wait for a rented GPU to start and answer SSH before giving it up."
+    )
+    cloud_ssh_user: str = Field("root", description="User to log in as on a rented GPU.")
+    cloud_remote_dir: str = Field(
+        "/workspace/loratrain", description="Folder on a rented GPU that holds loratrain, the project and the model."
+    )
+    cloud_remote_python: str = Field("python3", description="Python on a rented GPU that runs loratrain there.")
     discord_guild: int | None = Field(None, description="Discord server id to register /train in at once.")
     discord_token: SecretStr | None = Field(None, description="Discord bot token (only the bot needs it).")
     anthropic_api_key: SecretStr | None = Field(
@@ -75,6 +101,11 @@ class Settings(BaseSettings):
     @property
     def database_path(self) -> Path:
         return self.database or self.grimoire / ".loratrain.sqlite3"
+
+    @property
+    def cloud_dir(self) -> Path:
+        """The SSH key loratrain logs in to rented GPUs with, and their pinned host keys."""
+        return self.grimoire / ".cloud"
 
     @property
     def max_upload_bytes(self) -> int:
