@@ -117,6 +117,9 @@ class AfterGates:
             await self._save(state)
             return Outcome(replies=replies)
         state["phase"] = "trained"
+        if event.grid_follows:  # the rented GPU drew it before it was given back; it follows as its own event
+            await self._save(state)
+            return Outcome(replies=replies)
         replies.append(Text(text=EVALUATING))
         return Outcome(replies=replies, jobs=[await self._evaluate(state)])
 

@@ -79,6 +79,14 @@ TOOLS = [
         "input_schema": {"type": "object", "properties": {}},
     },
     {
+        "name": "offer_cloud_gpus",
+        "description": "When the artist has no suitable GPU (or asks to rent one): once Gate 1 has passed and a "
+        "preset was chosen, look up rented GPUs (Vast.ai, RunPod) that fit the run, each with the whole run's "
+        "estimated cost, shown as buttons. Nothing is rented unless the artist presses one; offers over the "
+        "artist's spending cap are never offered. gpu: an optional card name filter such as '4090'.",
+        "input_schema": {"type": "object", "properties": {"gpu": {"type": "string"}}},
+    },
+    {
         "name": "cancel_training",
         "description": "Stop the project's running training when the artist asks; the last checkpoint is kept.",
         "input_schema": {"type": "object", "properties": {}},
@@ -118,6 +126,7 @@ ACTIONS = (
     "check_dataset",
     "choose_preset",
     "offer_training",
+    "offer_cloud_gpus",
     "cancel_training",
     "evaluate",
     "diagnose",
@@ -246,6 +255,8 @@ class ClaudeAssistant:
                 done = await engine.tool_choose_preset(session, str(args.get("preset", "")))
             elif call.name == "offer_training":
                 done = await engine.tool_offer_training(session)
+            elif call.name == "offer_cloud_gpus":
+                done = await engine.tool_offer_cloud_gpus(session, str(args.get("gpu") or "") or None)
             elif call.name == "cancel_training":
                 done = await engine.tool_cancel_training(session)
             elif call.name == "evaluate":

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from core import intent as intents
+from core.cloud import commands as cloud_commands
 from core.dataset.audit import audit_folder
 from core.dataset.curate import curate
 from core.dataset.duplicates import find_duplicates
@@ -221,11 +222,12 @@ def parser() -> argparse.ArgumentParser:
         monitor_commands,
         eval_commands,
         diagnose_commands,
+        cloud_commands,
     ):
         more.add_parsers(sub)
 
-    p = sub.add_parser("worker", help="run an arq worker for the quick or the GPU queue")
-    p.add_argument("--queue", choices=["quick", "gpu"], default="quick", help="which queue to serve")
+    p = sub.add_parser("worker", help="run an arq worker for the quick, the GPU or the cloud queue")
+    p.add_argument("--queue", choices=["quick", "gpu", "cloud"], default="quick", help="which queue to serve")
     p.add_argument("--burst", action="store_true", help="stop when the queue is empty (for scripts and tests)")
     p.set_defaults(run=_adapter("worker.main"))
 

@@ -22,16 +22,19 @@ from core import intent as intents
 from core import resources
 from core.after_gates import AfterGates
 from core.captions.formats import with_trigger, write_caption
+from core.cloud_talk import CLOUD_WORDS, SUGGEST, CloudTalk
 from core.dataset.snapshot import set_aside
 from core.errors import UserError
 from core.evaluation import diagnose
 from core.events import (
     CaptionsProposed,
     CaptionsWritten,
+    CloudOffers,
     DatasetChecked,
     EvaluationReady,
     Event,
     GateDecided,
+    InstanceDestroyed,
     JobFailed,
     JobProgress,
     JobStarted,
@@ -128,7 +131,7 @@ class Assistant(Protocol):
     async def converse(self, engine: Engine, state: dict, text: str) -> Outcome | None: ...
 
 
-class Engine(AfterGates):
+class Engine(AfterGates, CloudTalk):
     def __init__(self, settings: Settings, store: Store, assistant: Assistant | None = None):
         self.settings, self.store, self.assistant = settings, store, assistant
 
@@ -196,6 +199,10 @@ class Engine(AfterGates):
             return await self._evaluated(state, event)
         if isinstance(event, LoraRegistered):
             return await self._registered(state, event)
+        if isinstance(event, CloudOffers):
+            return await self._cloud_offered(state, event)
+        if isinstance(event, InstanceDestroyed):
+            return await self._instance_destroyed(state, event)
         return await self._checked(state, event)
 
     # Phase 1: the intent interview -------------------------------------------------------------
@@ -230,6 +237,8 @@ class Engine(AfterGates):
             return await self._choose_weight(state, action.value)
         if action.ref == "symptom":
             return await self._diagnose(state, action.value)
+        if action.ref == "rent":
+            return await self._rent(state, action.value)
         step = state["data"].get("step") if state["phase"] == "intent" else None
         if action.ref != step:
             return Outcome(replies=[Text(text="That question has already been answered.", private=True)])
@@ -248,6 +257,8 @@ class Engine(AfterGates):
             return await self._edit_caption(state, edit["file"], edit["caption"])
         if state["project"] and (answer := await self.after_gates_text(state, text)):
             return answer
+        if state["project"] and text.lower() in CLOUD_WORDS:
+            return await self._cloud_offers(state)
         if text.lower() in ("check", "report", "recheck") and state["project"]:
             left = sorted(p for p in inbox(self.settings, state["id"]).rglob("*") if p.is_file())
             return self._check(state, staged=left)
@@ -599,6 +610,8 @@ class Engine(AfterGates):
         replies.append(Text(text=at_a_glance(states) + ("" if all_passed(states) else "\n" + NOT_READY)))
         if event.gate == 2:  # settings that don't fit: let the artist pick again
             replies.append(await self._offer_presets(state))
+        if event.gate == 3 and self.cloud_ready():  # this machine can't train it: a rented one can
+            replies.append(Text(text=SUGGEST))
         state["phase"] = "gates"
         await self._save(state)
         if all_passed(states):
@@ -658,6 +671,14 @@ class Engine(AfterGates):
         if isinstance(offer, Text):
             raise UserError(offer.text)
         return Outcome(replies=[offer])
+
+    async def tool_offer_cloud_gpus(self, session: str, gpu: str | None) -> Outcome:
+        """Rented GPUs that fit the run, with their cost, as buttons (a job asks the providers). Refused before
+        Gate 1 passes and a preset is chosen, or when no provider key is set."""
+        state = await self._state(session)
+        if not state["project"]:
+            raise UserError("There is no project yet: the intent interview comes first.")
+        return await self._cloud_offers(state, gpu)
 
     async def tool_cancel_training(self, session: str) -> Outcome:
         """Ask the running training to stop (its last checkpoint is kept)."""

@@ -131,6 +131,31 @@ class TrainingFinished(_Event):
     lora: str | None = None
     curve: str | None = None
     progress: str  # progress.md
+    grid_follows: bool = False  # the job that trained also draws the strength grid (a rented GPU does)
+
+
+class CloudQuote(BaseModel):
+    provider: str
+    gpu: str
+    usd: float  # the whole run's estimate
+    text: str  # the offer, the time and the cost in one sentence
+    quote: dict  # ``core.cloud.cost.Estimate`` as JSON, what a rental of it starts from
+
+
+class CloudOffers(_Event):
+    """Rented GPUs that fit the run, cheapest run first, each with its estimate; none when nothing fits."""
+
+    kind: Literal["cloud_offers"] = "cloud_offers"
+    quotes: list[CloudQuote]
+    cap_usd: float
+    note: str | None = None  # why there are none, or which provider could not be asked
+
+
+class InstanceDestroyed(_Event):
+    """A rented GPU was destroyed outside its run (the reaper, or a teardown by hand): the artist is told."""
+
+    kind: Literal["instance_destroyed"] = "instance_destroyed"
+    text: str
 
 
 class EvaluationReady(_Event):
@@ -165,7 +190,9 @@ Event = Annotated[
     | TrainingNote
     | TrainingFinished
     | EvaluationReady
-    | LoraRegistered,
+    | LoraRegistered
+    | CloudOffers
+    | InstanceDestroyed,
     Field(discriminator="kind"),
 ]
 EVENT = TypeAdapter(Event)

@@ -27,6 +27,8 @@ from core.errors import UserError
 from core.events import (
     CaptionsProposed,
     CaptionsWritten,
+    CloudOffers,
+    CloudQuote,
     DatasetChecked,
     EvaluationReady,
     GateDecided,
@@ -210,10 +212,8 @@ async def dry_run_job(settings: Settings, job: Job, publish: Publish) -> None:
                               fixes=gate.adjustments, record=status, **_about(job)))  # fmt: skip
 
 
-async def train_job(settings: Settings, job: Job, publish: Publish) -> None:
-    """Training, on the GPU worker: the gates are checked again here, on this machine, before any GPU
-    time is spent; a run whose worker died before is resumed from its last checkpoint."""
-    project = Project.existing(settings, job.project)
+def reporter(job: Job, publish: Publish) -> execute.Report:
+    """A run's progress and notes as events: the progress message edited in place, the notes posted."""
 
     async def report(item: ProgressState | Note) -> None:
         stamp = time.time_ns()  # progress ids need not be stable: a repeated edit does no harm
@@ -226,8 +226,16 @@ async def train_job(settings: Settings, job: Job, publish: Publish) -> None:
             await publish(TrainingProgress(id=f"{job.id}:progress:{stamp}", headline=item.title(),
                                            details=item.details(), done=done, total=total, **_about(job)))  # fmt: skip
 
+    return report
+
+
+async def train_job(settings: Settings, job: Job, publish: Publish) -> None:
+    """Training, on the GPU worker: the gates are checked again here, on this machine, before any GPU
+    time is spent; a run whose worker died before is resumed from its last checkpoint."""
+    project = Project.existing(settings, job.project)
     async with open_store(settings.database_path) as store:
-        result = await execute.train(settings, project, store, report, fresh=job.args.get("fresh", False), job=job.id)
+        report, fresh = reporter(job, publish), job.args.get("fresh", False)
+        result = await execute.train(settings, project, store, report, fresh=fresh, job=job.id)
     await publish(TrainingFinished(id=f"{job.id}:finished", status=result.status, message=result.message,
                                    lora=result.lora, curve=result.curve, progress=result.progress,
                                    **_about(job)))  # fmt: skip
@@ -261,6 +269,52 @@ async def register_job(settings: Settings, job: Job, publish: Publish) -> None:
                                  **_about(job)))  # fmt: skip
 
 
+async def cloud_offers_job(settings: Settings, job: Job, publish: Publish) -> None:
+    """Rented GPUs that fit the project's run, each with the run's estimated cost, for the artist to choose."""
+    from core.cloud.providers import PROVIDERS, CloudError, provider
+    from core.cloud.quotes import quotes
+    from core.cloud.run import cloud_plan
+
+    project = Project.existing(settings, job.project)
+    async with open_store(settings.database_path) as store:
+        details = await cloud_plan(settings, project, store)
+    found, problems = [], []
+    for name in PROVIDERS:
+        if getattr(settings, f"{name}_api_key") is None:
+            continue
+        try:
+            found += await quotes(settings, project, details, [provider(settings, name)], job.args.get("gpu"))
+        except CloudError as err:
+            problems.append(str(err))
+    if not found and not problems:
+        problems.append("No offer fits this run right now (its memory and disk); try again in a while.")
+    chosen = sorted(found, key=lambda q: q.usd)[:3]
+    await publish(CloudOffers(id=f"{job.id}:offers", cap_usd=settings.cloud_max_usd, note=" ".join(problems) or None,
+                              quotes=[CloudQuote(provider=q.offer.provider, gpu=q.offer.gpu, usd=q.usd, text=q.text(),
+                                                 quote=q.model_dump(mode="json")) for q in chosen],
+                              **_about(job)))  # fmt: skip
+
+
+async def cloud_train_job(settings: Settings, job: Job, publish: Publish) -> None:
+    """Training on a rented GPU (the artist confirmed its cost): the gates there, the run, the grid, the
+    results home, and the instance destroyed whatever happens."""
+    from core.cloud.cost import Estimate
+    from core.cloud.providers import provider
+    from core.cloud.run import train_in_cloud
+
+    project = Project.existing(settings, job.project)
+    quote = Estimate.model_validate(job.args["quote"])
+    async with open_store(settings.database_path) as store:
+        result, grid = await train_in_cloud(settings, project, store, provider(settings, quote.offer.provider), quote,
+                                            reporter(job, publish), run_id=job.id, session=job.session)  # fmt: skip
+    await publish(TrainingFinished(id=f"{job.id}:finished", status=result.status, message=result.message,
+                                   lora=result.lora, curve=result.curve, progress=result.progress,
+                                   grid_follows=grid is not None, **_about(job)))  # fmt: skip
+    if grid is not None:
+        shown = {k: v for k, v in grid.items() if k not in ("checkpoint", "prompts")}
+        await publish(EvaluationReady(id=f"{job.id}:ready", **shown, **_about(job)))
+
+
 JOBS = {
     "dataset_check": dataset_check,
     "caption_samples": caption_samples,
@@ -271,6 +325,8 @@ JOBS = {
     "train": train_job,
     "evaluate": evaluate_job,
     "register": register_job,
+    "cloud_offers": cloud_offers_job,
+    "cloud_train": cloud_train_job,
 }
 DOING = {  # what each job does, for its failure message
     "dataset_check": "checking your pictures",
@@ -282,6 +338,8 @@ DOING = {  # what each job does, for its failure message
     "train": "training",
     "evaluate": "drawing the strength grid",
     "register": "registering your LoRA",
+    "cloud_offers": "looking for a GPU to rent",
+    "cloud_train": "training on the rented GPU",
 }
 FAILED = "Something went wrong while {doing}. Your pictures and decisions are safe; please try again in a moment."
 

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the job queues and the event stream.")
     quick_queue: str = Field("loratrain:quick", description="arq queue for quick jobs (checks, reports).")
     gpu_queue: str = Field("loratrain:gpu", description="arq queue for GPU jobs (dry run, training, grids).")
+    cloud_queue: str = Field(
+        "loratrain:cloud", description="arq queue for cloud jobs (renting a GPU and driving it over SSH)."
+    )
     events_stream: str = Field("loratrain:events", description="Redis stream the worker publishes events to.")
     events_maxlen: int = Field(10_000, gt=0, description="About how many events the stream keeps.")
     quick_job_timeout: int = Field(600, gt=0, description="Seconds a quick job may run before it is failed.")

@@ -131,12 +131,40 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX runs_by_project ON runs (project, started_at);
     """,
+    # 7: rented cloud GPUs, from the moment one is created until it is destroyed: what the reaper reads to
+    # make sure none is left running (and billing) after its run, its worker or its budget is gone.
+    """
+    CREATE TABLE cloud_instances (
+        provider TEXT NOT NULL,
+        id TEXT NOT NULL,
+        project TEXT NOT NULL,
+        run TEXT NOT NULL,
+        gpu TEXT NOT NULL,
+        usd_per_hour REAL NOT NULL,
+        cap_usd REAL NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('RUNNING', 'TERMINATED')),
+        worker TEXT NOT NULL,
+        session TEXT,
+        steps TEXT NOT NULL,
+        details TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        ended_at TEXT,
+        PRIMARY KEY (provider, id)
+    );
+    """,
 ]
+
+# Tables whose rows for one project are all that a copy of it needs elsewhere (``export_project``).
+PROJECT_TABLES = ("images", "duplicate_decisions", "caption_history")
 
 Keep = Literal["a", "b", "both"]
 CaptionSource = Literal["claude", "analyzer", "artist"]
 CaptionStatus = Literal["proposed", "approved", "adjusted", "skipped", "batch"]
 RunStatus = Literal["running", "finished", "failed", "cancelled"]
+InstanceStatus = Literal["RUNNING", "TERMINATED"]
+_INSTANCE_KEYS = ("provider", "id", "project", "run", "gpu", "usd_per_hour", "cap_usd", "status", "worker", "session",
+                  "steps", "details", "started_at", "updated_at", "ended_at")  # fmt: skip
 
 
 def _now() -> str:
@@ -464,6 +492,74 @@ class Store:
     async def cancel_requested(self, run_id: str) -> bool:
         row = await (await self.db.execute("SELECT cancel_requested FROM runs WHERE id = ?", (run_id,))).fetchone()
         return bool(row and row[0])
+
+    # Cloud instances ----------------------------------------------------------------------------
+
+    async def add_instance(self, provider: str, instance_id: str, project: str, run: str, gpu: str,
+                           usd_per_hour: float, cap_usd: float, worker: str, session: str | None) -> None:  # fmt: skip
+        """A rented GPU exists (and bills) from now: recorded before anything else is done with it."""
+        now = _now()
+        await self.db.execute(
+            "INSERT INTO cloud_instances VALUES (?, ?, ?, ?, ?, ?, ?, 'RUNNING', ?, ?, '[]', '{}', ?, ?, NULL)",
+            (provider, instance_id, project, run, gpu, usd_per_hour, cap_usd, worker, session, now, now),
+        )
+        await self.db.commit()
+
+    async def touch_instance(self, provider: str, instance_id: str, step: str | None = None, **details: object) -> None:
+        """The driving worker's heartbeat; ``step`` is added to the steps done (so a reconnect or a resumed job
+        skips it), ``details`` merged into the instance's details (its SSH address, the log offset...)."""
+        await self.db.execute(
+            "UPDATE cloud_instances SET updated_at = ?, details = json_patch(details, ?), steps = CASE "
+            "WHEN ? IS NULL OR EXISTS (SELECT 1 FROM json_each(steps) WHERE value = ?) THEN steps "
+            "ELSE json_insert(steps, '$[#]', ?) END WHERE provider = ? AND id = ?",
+            (_now(), json.dumps(details), step, step, step, provider, instance_id),
+        )
+        await self.db.commit()
+
+    async def end_instance(self, provider: str, instance_id: str, **details: object) -> None:
+        now = _now()
+        await self.db.execute(
+            "UPDATE cloud_instances SET status = 'TERMINATED', ended_at = COALESCE(ended_at, ?), updated_at = ?, "
+            "details = json_patch(details, ?) WHERE provider = ? AND id = ?",
+            (now, now, json.dumps(details), provider, instance_id),
+        )
+        await self.db.commit()
+
+    async def instances(self, status: InstanceStatus | None = None, run: str | None = None) -> list[dict]:
+        """Recorded instances, oldest first; only those with ``status`` / of ``run`` when given."""
+        rows = await (
+            await self.db.execute(
+                f"SELECT {', '.join(_INSTANCE_KEYS)} FROM cloud_instances WHERE (? IS NULL OR status = ?) "
+                "AND (? IS NULL OR run = ?) ORDER BY started_at, rowid",
+                (status, status, run, run),
+            )
+        ).fetchall()
+        found = [dict(zip(_INSTANCE_KEYS, row, strict=True)) for row in rows]
+        for instance in found:
+            instance["steps"], instance["details"] = json.loads(instance["steps"]), json.loads(instance["details"])
+        return found
+
+    async def run_status(self, run_id: str) -> dict | None:
+        """One run's status, worker and heartbeat (what the reaper needs to tell an abandoned instance)."""
+        row = await (
+            await self.db.execute("SELECT status, worker, updated_at FROM runs WHERE id = ?", (run_id,))
+        ).fetchone()
+        return dict(zip(("status", "worker", "updated_at"), row, strict=True)) if row else None
+
+    # Copies ----------------------------------------------------------------------------------------
+
+    async def export_project(self, project: str, path: Path) -> None:
+        """A new database at ``path`` holding only ``project``'s pictures, duplicate decisions and captions:
+        what a rented GPU needs to judge the dataset as here, and nothing of other projects or conversations."""
+        path.unlink(missing_ok=True)
+        async with open_store(path) as copy:
+            for table in PROJECT_TABLES:
+                rows = await (await self.db.execute(f"SELECT * FROM {table} WHERE project = ?", (project,))).fetchall()
+                if rows:
+                    marks = ", ".join("?" * len(rows[0]))
+                    await copy.db.executemany(f"INSERT INTO {table} VALUES ({marks})", rows)
+            await copy.db.commit()
+            await copy.db.execute("PRAGMA journal_mode = DELETE")  # one self-contained file to upload
 
 
 @asynccontextmanager

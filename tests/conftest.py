@@ -156,3 +156,15 @@ def ready(cli, settings, tmp_path, painting, tiny_sd15) -> Project:
     code, out, err = cli("dryrun", "pots")
     assert "Dry run passed" in out, out + err
     return Project.existing(settings, "pots")
+
+
+# A real SSH server ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sshd(tmp_path: Path):
+    """A real OpenSSH server on a free loopback port with throwaway keys (tests/sshd.py); stopped afterwards."""
+    from tests.sshd import SSHServer  # imported here so that only the tests that use it need it
+
+    with SSHServer.start(tmp_path / "sshd") as server:
+        yield server

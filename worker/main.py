@@ -14,16 +14,21 @@ import logging
 from typing import Literal
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.cron import cron
 from arq.worker import func, run_worker
 
+from core.cloud.reaper import EVERY_S, reap_and_tell
+from core.events import RedisStream
 from core.jobs import JOBS, Job
 from core.settings import Settings
 from worker.tasks import TRIES, perform
 
-Queue = Literal["quick", "gpu"]
+Queue = Literal["quick", "gpu", "cloud"]
 
 GPU_JOBS: frozenset[str] = frozenset({"dry_run", "train", "evaluate"})  # jobs that need the GPU
-MAX_JOBS: dict[Queue, int] = {"quick": 4, "gpu": 1}  # one job at a time per GPU
+# Jobs that rent a GPU and drive it over SSH: long, but light here; their worker holds the providers' keys.
+CLOUD_JOBS: frozenset[str] = frozenset({"cloud_offers", "cloud_train"})
+MAX_JOBS: dict[Queue, int] = {"quick": 4, "gpu": 1, "cloud": 4}  # one job at a time per GPU
 GRACE_S = 2  # after a job's own time limit, for telling the artist before arq cancels it outright
 KEEP_RESULT_S = 60  # a finished job's id is refused this long, so a double click runs it once
 POLL_DELAY_S = 0.1  # how often an idle worker looks for work: the wait before a job starts
@@ -31,11 +36,17 @@ HEALTH_CHECK_S = 60
 
 
 def queue_of(job_name: str) -> Queue:
-    return "gpu" if job_name in GPU_JOBS else "quick"
+    return "gpu" if job_name in GPU_JOBS else "cloud" if job_name in CLOUD_JOBS else "quick"
 
 
 def queue_name(settings: Settings, queue: Queue) -> str:
-    return settings.gpu_queue if queue == "gpu" else settings.quick_queue
+    return {"quick": settings.quick_queue, "gpu": settings.gpu_queue, "cloud": settings.cloud_queue}[queue]
+
+
+async def reap(ctx: dict) -> None:
+    """The cloud worker's periodic pass over rented GPUs (``core.cloud.reaper``)."""
+    settings: Settings = ctx["settings"]
+    await reap_and_tell(settings, RedisStream(ctx["redis"], settings.events_stream, settings.events_maxlen).publish)
 
 
 def worker_settings(settings: Settings, queue: Queue) -> dict:
@@ -43,8 +54,10 @@ def worker_settings(settings: Settings, queue: Queue) -> dict:
     long time limit (training runs for hours) and one job at a time."""
     names = [name for name in JOBS if queue_of(name) == queue]
     name = queue_name(settings, queue)
-    time_limit = settings.gpu_job_timeout if queue == "gpu" else settings.quick_job_timeout
+    time_limit = settings.quick_job_timeout if queue == "quick" else settings.gpu_job_timeout
+    every = set(range(0, 60, EVERY_S // 60))
     return {
+        "cron_jobs": [cron(reap, minute=every, run_at_startup=True, unique=True)] if queue == "cloud" else [],
         "functions": [func(perform, name=job) for job in names],
         "queue_name": name,
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),

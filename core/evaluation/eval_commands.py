@@ -4,6 +4,7 @@ artist chooses recorded in studio.md."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from core.errors import UserError
@@ -22,6 +23,9 @@ async def cmd_eval(settings: Settings, args: argparse.Namespace) -> None:
         result = await evaluate(settings, project, store, checkpoints=args.checkpoint, own_prompts=args.prompt,
                                 compare=args.compare, seed=args.seed, steps=args.steps or settings.eval_steps,
                                 resolution=args.resolution)  # fmt: skip
+        if args.json:
+            print(json.dumps(result.model_dump(mode="json")))
+            return
         if result.note:
             print(result.note)
         if result.grid is None:
@@ -72,6 +76,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolution", type=int, help="picture size (default: the training resolution)")
     p.add_argument("--compare", action="store_true", help="also put the kept checkpoints side by side")
     p.add_argument("--no-register", action="store_true", help="don't ask for the weight to register")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object (registers nothing)")
     p.set_defaults(run=cmd_eval)
     p = sub.add_parser("register", help="record the LoRA in studio.md at the weight you chose")
     p.add_argument("name", help="project name")

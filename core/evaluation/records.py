@@ -120,9 +120,9 @@ def _heading(line: _Line) -> tuple[int, str] | None:
     return (len(found["level"]), found["title"]) if found else None
 
 
-def _loras(lines: list[_Line]) -> range | None:
-    """The line numbers of the ``## LoRAs`` section, its heading included, up to the next heading of level 1–2."""
-    start = next((i for i, line in enumerate(lines) if _heading(line) == (2, "LoRAs")), None)
+def _section(lines: list[_Line], title: str) -> range | None:
+    """The line numbers of the ``## title`` section, its heading included, up to the next heading of level 1–2."""
+    start = next((i for i, line in enumerate(lines) if _heading(line) == (2, title)), None)
     if start is None:
         return None
     end = next((i for i in range(start + 1, len(lines)) if (h := _heading(lines[i])) and h[0] <= 2), len(lines))
@@ -153,6 +153,46 @@ def _read(grimoire: Path) -> str | None:
     return path.read_bytes().decode("utf-8") if path.is_file() else None
 
 
+def _with_section(text: str, title: str, body: str, newline: str) -> str:
+    """``text`` with a new ``## title`` section holding ``body`` at its end."""
+    ending = "" if text.endswith("\n") or not text else newline
+    return f"{text}{ending}{newline if text else ''}## {title}{newline}{newline}{body}"
+
+
+def _append(text: str, lines: list[_Line], section: range, body: str, newline: str, gap: bool) -> str:
+    """``body`` after the section's last non-blank line (a blank line between when ``gap``)."""
+    at = lines[max(i for i in section if lines[i].text.strip())].end
+    ending = "" if text[:at].endswith("\n") else newline
+    return f"{text[:at]}{ending}{newline if gap else ''}{body}{text[at:]}"
+
+
+def write_lines(grimoire: Path, title: str, entries: dict[str, str], key: re.Pattern[str]) -> Path:
+    """Keep one line per entry in studio.md's ``## title`` section: a line whose ``key`` group matches an
+    entry's key is replaced by that entry, the other entries are added at the section's end, and every other
+    byte stays as it was. For the lists loratrain keeps up to date there (the cloud instances)."""
+    path = grimoire / "studio.md"
+    text = _read(grimoire) or "# Studio\n"
+    newline = "\r\n" if "\r\n" in text else "\n"
+    lines = _lines(text)
+    section = _section(lines, title)
+    if section is None:
+        write_atomic(path, _with_section(text, title, "".join(e + newline for e in entries.values()), newline))
+        return path
+    pending = dict(entries)
+    for i in reversed(section):
+        found = None if lines[i].commented else key.match(lines[i].text)
+        if found and found["key"] in pending:
+            line = lines[i]
+            ending = text[line.start + len(line.text) : line.end]
+            text = text[: line.start] + pending.pop(found["key"]) + ending + text[line.end :]
+    if pending:
+        lines = _lines(text)
+        text = _append(text, lines, _section(lines, title), "".join(e + newline for e in pending.values()), newline,
+                       gap=False)  # fmt: skip
+    write_atomic(path, text)
+    return path
+
+
 def register(grimoire: Path, entry: LoraEntry) -> Path:
     """Put ``entry`` in studio.md's LoRAs section: replacing its heading and field lines if the LoRA is
     already there, else after the section's last non-blank line. Creates the file (or the section) if missing."""
@@ -163,18 +203,15 @@ def register(grimoire: Path, entry: LoraEntry) -> Path:
     newline = "\r\n" if "\r\n" in text else "\n"
     section = newline.join(entry.lines()) + newline
     lines = _lines(text)
-    loras = _loras(lines)
+    loras = _section(lines, "LoRAs")
     if loras is None:
-        ending = "" if text.endswith("\n") or not text else newline
-        new = f"{text}{ending}{newline if text else ''}## LoRAs{newline}{newline}{section}"
+        new = _with_section(text, "LoRAs", section, newline)
     elif entry.name in (sections := _sections(lines, loras)):
         first, after = sections[entry.name]
         start, end = lines[first].start, lines[after - 1].end
         new = text[:start] + (section if text[end - 1] == "\n" else section.removesuffix(newline)) + text[end:]
     else:
-        at = lines[max(i for i in loras if lines[i].text.strip())].end
-        ending = "" if text[:at].endswith("\n") else newline
-        new = f"{text[:at]}{ending}{newline}{section}{text[at:]}"
+        new = _append(text, lines, loras, section, newline, gap=True)
     write_atomic(path, new)
     return path
 
@@ -184,7 +221,7 @@ def registered(grimoire: Path) -> dict[str, dict[str, str]]:
     under its heading (the template's fields and any a person added), comments ignored."""
     text = _read(grimoire)
     lines = _lines(text) if text else []
-    loras = _loras(lines)
+    loras = _section(lines, "LoRAs")
     if loras is None:
         return {}
     found: dict[str, dict[str, str]] = {}

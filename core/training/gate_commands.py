@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from core.gates import MARK, at_a_glance
 from core.grimoire import Project
@@ -27,6 +28,9 @@ async def cmd_gates(settings: Settings, args: argparse.Namespace) -> None:
     project = Project.existing(settings, args.name)
     async with open_store(settings.database_path) as store:
         states = await readiness(settings, project, store)
+    if args.json:
+        print(json.dumps([s.model_dump(mode="json") for s in states]))
+        return
     print(at_a_glance(states))
     for s in states:
         print(f"  {MARK[s.state]} Gate {s.number} ({s.name}): {s.state} — {s.why}")
@@ -42,4 +46,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=cmd_dryrun)
     p = sub.add_parser("gates", help="the four gates at a glance (stale when what they checked has changed)")
     p.add_argument("name", help="project name")
+    p.add_argument("--json", action="store_true", help="print the four gates as JSON")
     p.set_defaults(run=cmd_gates)

@@ -4,6 +4,7 @@ final confirmation, and a stop request that reaches a run from any process."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from core.errors import UserError
@@ -22,6 +23,11 @@ async def _print_report(item: ProgressState | Note) -> None:
         print(f"{item.headline()}\n  {item.details().replace(chr(10), chr(10) + '  ')}", flush=True)
 
 
+async def _print_json(item: ProgressState | Note) -> None:
+    """One JSON object per line, for a program following the run (a cloud run follows this from home)."""
+    print(json.dumps({"note" if isinstance(item, Note) else "progress": item.model_dump(mode="json")}), flush=True)
+
+
 def _confirmed(question: str) -> bool:
     if not sys.stdin.isatty():
         raise UserError("Training spends hours of GPU time, so it asks first; add --yes to start it from a script.")
@@ -32,11 +38,14 @@ async def cmd_train(settings: Settings, args: argparse.Namespace) -> None:
     project = Project.existing(settings, args.name)
     async with open_store(settings.database_path) as store:
         ready = await plan(project, store, await readiness(settings, project, store))
-        print(ready.text())
+        print(json.dumps({"plan": ready.model_dump(mode="json")}) if args.json else ready.text(), flush=True)
         if not args.yes and not _confirmed("Start training?"):
             print("Not started. Nothing was changed.")
             return
-        result = await train(settings, project, store, _print_report, fresh=args.fresh)
+        result = await train(settings, project, store, _print_json if args.json else _print_report, fresh=args.fresh)
+    if args.json:
+        print(json.dumps({"result": result.model_dump(mode="json")}), flush=True)
+        return
     print(result.message)
     print(f"Record: {result.progress}")
     if result.status == "failed":
@@ -58,6 +67,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", help="project name")
     p.add_argument("--yes", action="store_true", help="start without asking (for scripts)")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming a stopped run")
+    p.add_argument("--json", action="store_true", help="print the plan, each progress update and the result as JSON")
     p.set_defaults(run=cmd_train)
     p = sub.add_parser("cancel", help="stop a project's running training (its last checkpoint is kept)")
     p.add_argument("name", help="project name")
