@@ -59,7 +59,9 @@ class Settings(BaseSettings):
         description="Docker image a rented GPU starts from: Python 3.11, CUDA PyTorch and an SSH server.",
     )
     cloud_max_usd: float = Field(
-        10.0, gt=0, description="Spending cap for one cloud run, in US dollars: estimates above it are refused, "
+        10.0,
+        gt=0,
+        description="Spending cap for one cloud run, in US dollars: estimates above it are refused, "
         "and a run that reaches it is stopped and its GPU destroyed.",
     )
     cloud_setup_minutes: float = Field(

@@ -7,6 +7,7 @@ import io
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,8 @@ import torch
 from PIL import Image
 
 from core.cli import main
+from core.cloud import run as cloud_run
+from core.cloud.ssh import ensure_key
 from core.grimoire import Project
 from core.samples import scene
 from core.settings import Settings
@@ -168,3 +171,47 @@ def sshd(tmp_path: Path):
 
     with SSHServer.start(tmp_path / "sshd") as server:
         yield server
+
+
+# A rented GPU ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def vast():
+    """A local server speaking Vast.ai's API (tests/cloud_apis.py); its instances come up at the first poll."""
+    from tests.cloud_apis import FakeVast
+
+    with FakeVast() as fake:
+        fake.ready_after = 1
+        yield fake
+
+
+@pytest.fixture
+def cloud(settings, sshd, vast, tmp_path, monkeypatch):
+    """Settings that rent from the fake Vast.ai, whose instances are the local sshd; loratrain there is this
+    checkout's code run by this interpreter, in its own folder."""
+    monkeypatch.setattr(cloud_run, "POLL_S", 0.2)
+    monkeypatch.setattr(cloud_run, "READY_POLL_S", 0.05)
+    vast.ssh = (sshd.host, sshd.port)
+    there = {
+        "cloud_remote_dir": str(tmp_path / "rented"),
+        "cloud_remote_python": sys.executable,
+        "cloud_ssh_user": sshd.user,
+        "cloud_ready_timeout": 20,
+        "cloud_setup_minutes": 0.0,
+        "eval_steps": 2,
+    }
+    cloud = settings.model_copy(update={**vast.settings(), **there})
+    sshd.authorize(ensure_key(cloud.cloud_dir / "id_ed25519"))
+    return cloud
+
+
+@pytest.fixture
+def configured(cli, tmp_path, painting, tiny_sd15, settings) -> Project:
+    """Gate 1 passed and settings chosen; no GPU here, so Gates 3 and 4 are for the rented machine."""
+    make_project(cli, tmp_path, painting)
+    code, _, err = cli("config", "pots", "--backend", "builtin", "--model", str(tiny_sd15), "--resolution", "512",
+                       "--optimizer", "adamw", "--available", "24", "--batch", "5", "--epochs", "6",
+                       "--repeats", "1", "--preset", "quick")  # fmt: skip
+    assert code == 0, err
+    return Project.existing(settings, "pots")

@@ -79,9 +79,11 @@ class Layout:
 
     def missing(self, names: list[str]) -> str:
         """A command printing, as JSON, which of these distributions are not installed there."""
-        script = ("import json, sys\nfrom importlib import metadata\ndef has(name):\n    try:\n"
-                  "        return bool(metadata.version(name))\n    except metadata.PackageNotFoundError:\n"
-                  "        return False\nprint(json.dumps([n for n in json.loads(sys.argv[1]) if not has(n)]))")
+        script = (
+            "import json, sys\nfrom importlib import metadata\ndef has(name):\n    try:\n"
+            "        return bool(metadata.version(name))\n    except metadata.PackageNotFoundError:\n"
+            "        return False\nprint(json.dumps([n for n in json.loads(sys.argv[1]) if not has(n)]))"
+        )
         return " ".join(shlex.quote(a) for a in (self.python, "-c", script, json.dumps(names)))
 
     def pip_install(self, packages: list[str]) -> str:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from core import intent as intents
 from core.cloud import ledger
 from core.cloud.cost import Estimate, spent
 from core.cloud.providers import CloudError, Instance, Provider
@@ -35,6 +34,7 @@ from core.training.progress import ProgressState
 from core.training.readiness import readiness
 
 POLL_S = 5.0  # how often the training log is read from home
+READY_POLL_S = 5.0  # how often the provider is asked whether the instance is up
 HEARTBEAT_S = 60.0  # how often a run says it still drives its instance (the reaper's QUIET_S is far longer)
 GATE_COMMANDS = (("report",), ("config",), ("env",), ("dryrun",))
 # What comes home: the LoRA and its checkpoints, the trainer's log, the grid, and the remote's records.
@@ -42,6 +42,10 @@ RESULTS = ("checkpoints", "logs", "eval")
 RECORDS = ("progress.md", "status.md", "environment.md", "config.md", "dataset-report.md")
 
 Report = Callable[[ProgressState | Note], Awaitable[None]]
+
+
+class Stopped(CloudError):
+    """The run was stopped on purpose (the artist's Cancel, the spending cap) before training began."""
 
 
 async def cloud_plan(settings: Settings, project: Project, store: Store) -> dict:
@@ -144,7 +148,7 @@ class CloudRun:
 
     async def connect(self) -> None:
         ready: Instance = await asyncio.to_thread(self.provider.wait_ready, self.instance["id"],
-                                                  self.settings.cloud_ready_timeout)  # fmt: skip
+                                                  self.settings.cloud_ready_timeout, READY_POLL_S)  # fmt: skip
         known = self.settings.cloud_dir / f"known_hosts-{self.provider.name}-{self.instance['id']}"
         self.remote = Remote(ready.ssh_host, ready.ssh_port, self.settings.cloud_ssh_user,
                              self.settings.cloud_dir / "id_ed25519", known)  # fmt: skip
@@ -279,9 +283,10 @@ class CloudRun:
     async def evaluate(self) -> dict:
         """The strength grid, drawn while the GPU is still rented (a real base model is slow on anything less),
         with its pictures' paths as they will be here."""
-        _, out = await self._run(self.layout.loratrain("eval", self.project.name, "--json"))
+        steps = str(self.settings.eval_steps)
+        _, out = await self._run(self.layout.loratrain("eval", self.project.name, "--json", "--steps", steps))
         evaluation = json.loads(out.strip().splitlines()[-1])
-        for key in ("checkpoint", "grid", "checkpoints"):
+        for key in ("grid", "checkpoints"):  # the pictures; "checkpoint" is a file name, the same here
             evaluation[key] = str(self.here(evaluation[key])) if evaluation.get(key) else None
         return evaluation
 
@@ -305,41 +310,51 @@ async def train_in_cloud(settings: Settings, project: Project, store: Store, pro
     previous = await store.latest_run(project.name)
     if previous and previous["status"] == "running" and previous["id"] != run_id and alive(previous):
         raise UserError(f"{project.name} is already training; stop it first with `loratrain cancel {project.name}`.")
-    intents.load(project)
     run = CloudRun(settings, project, store, provider, report, run_id, session)
     progress = str(project.path("progress.md"))
+
+    async def should_stop() -> str | None:
+        """Why the run must stop now (the cap reached, the artist's Cancel), or None."""
+        await store.touch_run(run_id)
+        cost = spent(run.instance["usd_per_hour"], run.instance["started_at"])
+        if cost >= run.instance["cap_usd"]:
+            return (f"This run has cost ${cost:.2f}, your cap (LORATRAIN_CLOUD_MAX_USD): stopping here and keeping "
+                    "what is done.")  # fmt: skip
+        if await store.cancel_requested(run_id):
+            return "Stopping as you asked; what is done is kept."
+        return None
+
+    async def guard() -> None:
+        if why := await should_stop():
+            raise Stopped(why)
+
     beat = asyncio.create_task(run.heartbeat())
     try:
         await run.rent(estimate, details["backend"], json.dumps(details["params"], sort_keys=True))
-
-        async def should_stop() -> str | None:
-            await store.touch_run(run_id)
-            cost = spent(run.instance["usd_per_hour"], run.instance["started_at"])
-            if cost >= run.instance["cap_usd"]:
-                return (f"This run has cost ${cost:.2f}, your cap (LORATRAIN_CLOUD_MAX_USD): stopping the training "
-                        "and keeping its last checkpoint.")  # fmt: skip
-            if await store.cancel_requested(run_id):
-                return "Stopping the training as you asked; its last checkpoint is kept."
-            return None
-
         await run.connect()
+        await guard()
         await run.install(details["backend"])
+        await guard()
         model = await run.deploy(details.get("model"))
+        await guard()
         await run.gates(details["params"], details["backend"], model)
+        await guard()
         outcome = Result.model_validate(await run.train(should_stop))
         evaluation = await run.evaluate() if outcome.status == "finished" else None
         await run.bring_home()
         await store.end_run(run_id, outcome.status, {"message": outcome.message, "cloud": provider.name})
         lora = str(run.here(outcome.lora)) if outcome.lora else None
         curve = str(run.here(outcome.curve)) if outcome.curve else None
-        return outcome.model_copy(update={"lora": lora, "curve": curve, "progress": progress, "checkpoints": [
-            str(run.here(c)) for c in outcome.checkpoints]}), evaluation  # fmt: skip
+        message = outcome.message.replace(run.layout.project(project.name), str(project.root))
+        update = {"message": message, "lora": lora, "curve": curve, "progress": progress}
+        return outcome.model_copy(update=update), evaluation
     except (UserError, OSError) as err:
-        await store.end_run(run_id, "failed", {"message": str(err), "cloud": provider.name})
+        status = "cancelled" if isinstance(err, Stopped) else "failed"
+        await store.end_run(run_id, status, {"message": str(err), "cloud": provider.name})
         if isinstance(err, UserError) and run.instance is None:
             raise
         message = str(err) if isinstance(err, UserError) else f"The connection to the rented machine failed ({err})."
-        return Result(status="failed", message=message, progress=progress), None
+        return Result(status=status, message=message, progress=progress), None
     finally:
         beat.cancel()
         await run.teardown()
