@@ -5,6 +5,9 @@ press, and the instance's news (rented, destroyed) in the thread. Mixed into ``c
 
 from __future__ import annotations
 
+from core.after_gates import CANCEL_TRAINING
+from core.cloud.cost import about
+from core.cloud.providers import TITLES
 from core.errors import UserError
 from core.events import CloudOffers, InstanceDestroyed
 from core.jobs import Job
@@ -53,7 +56,7 @@ class CloudTalk:
             "These fit your run (time and cost are estimates; the instance is destroyed as soon as your results "
             "are safe here, and a run that reaches your cap is stopped):", *lines,
             *([event.note] if event.note else []), "Press one to rent it and train there."])  # fmt: skip
-        options = [Option(value=str(i), label=f"Rent {q.gpu} — about ${q.usd:.2f}") for i, q in enumerate(affordable)]
+        options = [Option(value=str(i), label=f"Rent {q.gpu} — {about(q.usd)}") for i, q in enumerate(affordable)]
         return Outcome(replies=[Choice(ref="rent", prompt=prompt, options=[*options, NOT_NOW])])
 
     async def _rent(self, state: dict, value: str) -> Outcome:
@@ -70,11 +73,11 @@ class CloudTalk:
         await self.store.offer_choice(state["id"], "cancel", {})
         job: Job = self._job("cloud_train", state, "cloud", state["data"]["training_round"])
         job.args["quote"] = chosen["quote"]
-        return Outcome(replies=[Choice(ref="cancel", prompt=(
-            f"Renting {chosen['gpu']} on {chosen['provider']} (about ${chosen['usd']:.2f}). I'll run the four gates "
-            "there, then train, keep one message up to date, ping you at checkpoints, draw the strength grid, bring "
-            "everything home and destroy the machine. You can stop it at any time; the last checkpoint is kept."),
-            options=[Option(value="stop", label="Cancel training")])], jobs=[job])  # fmt: skip
+        prompt = (f"Renting {chosen['gpu']} on {TITLES[chosen['provider']]} ({about(chosen['usd'])}). I'll run the "
+                  "four gates there, then train, keep one message up to date, ping you at checkpoints, draw the "
+                  "strength grid, bring everything home and destroy the machine. You can stop it at any time; the "
+                  "last checkpoint is kept.")  # fmt: skip
+        return Outcome(replies=[Choice(ref="cancel", prompt=prompt, options=CANCEL_TRAINING)], jobs=[job])
 
     async def _instance_destroyed(self, state: dict, event: InstanceDestroyed) -> Outcome:
         return Outcome(replies=[Text(text=event.text, ping=True)])

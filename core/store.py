@@ -505,14 +505,17 @@ class Store:
         )
         await self.db.commit()
 
-    async def touch_instance(self, provider: str, instance_id: str, step: str | None = None, **details: object) -> None:
+    async def touch_instance(self, provider: str, instance_id: str, step: str | None = None, worker: str | None = None,
+                             **details: object) -> None:  # fmt: skip
         """The driving worker's heartbeat; ``step`` is added to the steps done (so a reconnect or a resumed job
-        skips it), ``details`` merged into the instance's details (its SSH address, the log offset...)."""
+        skips it), ``worker`` replaces the driving worker (a retried job), ``details`` are merged into the
+        instance's details (its SSH address, the log offset...)."""
         await self.db.execute(
-            "UPDATE cloud_instances SET updated_at = ?, details = json_patch(details, ?), steps = CASE "
-            "WHEN ? IS NULL OR EXISTS (SELECT 1 FROM json_each(steps) WHERE value = ?) THEN steps "
-            "ELSE json_insert(steps, '$[#]', ?) END WHERE provider = ? AND id = ?",
-            (_now(), json.dumps(details), step, step, step, provider, instance_id),
+            "UPDATE cloud_instances SET updated_at = ?, worker = COALESCE(?, worker), "
+            "details = json_patch(details, ?), steps = CASE WHEN ? IS NULL OR EXISTS "
+            "(SELECT 1 FROM json_each(steps) WHERE value = ?) THEN steps ELSE json_insert(steps, '$[#]', ?) END "
+            "WHERE provider = ? AND id = ?",
+            (_now(), worker, json.dumps(details), step, step, step, provider, instance_id),
         )
         await self.db.commit()
 

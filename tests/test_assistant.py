@@ -67,6 +67,7 @@ async def test_claude_creates_the_project_through_the_engine_and_the_artist_sees
         "check_dataset",
         "choose_preset",
         "offer_training",
+        "offer_cloud_gpus",
         "cancel_training",
         "evaluate",
         "diagnose",
@@ -265,3 +266,13 @@ async def test_the_preset_tool_is_refused_before_gate_one_passes(settings):
         with pytest.raises(UserError, match="after the dataset passes Gate 1"):
             await engine.tool_choose_preset("t1", "standard")
         assert await store.gate("mira-style-1", 2) is None
+
+
+async def test_claude_can_show_rented_gpus_only_when_the_engine_allows_and_never_rent(chat, api):
+    await with_project(chat)
+    api.reply(tool("offer_cloud_gpus", {"gpu": "4090"}), tool("rent_gpu", {"offer": 0}))
+    api.reply(text("Renting needs a key and your settings first."))
+    await chat.engine.handle(chat.session, chat.owner, Say(text="Rent me the cheapest 4090 right now."))
+    shown, missing = api.requests[1]["messages"][-1]["content"]
+    assert shown["is_error"] and "API key" in shown["content"]  # no provider is set up here
+    assert missing["is_error"] and "no tool called 'rent_gpu'" in missing["content"]  # no tool rents

@@ -30,11 +30,13 @@ def quote(settings, usd_per_hour=0.45, cap=None, steps=12):
 
 
 async def test_a_run_on_a_rented_gpu_passes_the_gates_there_trains_brings_results_home_and_destroys_it(
-    cloud, configured, vast
+    cloud, configured, vast, sshd
 ):
     said = []
 
     async def report(item):
+        if not hasattr(item, "text") and not any(s.startswith("Training") for s in said):
+            sshd.cut()  # the connection drops as training starts: the run reconnects and follows on
         said.append(item.text if hasattr(item, "text") else item.title())
 
     async with open_store(cloud.database_path) as store:
@@ -47,6 +49,7 @@ async def test_a_run_on_a_rented_gpu_passes_the_gates_there_trains_brings_result
                  "Gate 4 (Dry run) passed"):  # fmt: skip
         assert gate in text, text
     assert "Rented RTX 4090 on Vast.ai" in said[0] and "Destroyed the RTX 4090" in said[-1]
+    assert text.count("Gate 1 (Dataset) passed") == 1 and sshd.logins() > 1  # reconnected, nothing done twice
     # the LoRA, the checkpoint, the log, the grid and the records are home, where the project keeps them
     home = configured.root
     assert Path(result.lora) == home / "checkpoints" / "pots.safetensors" and Path(result.lora).is_file()
@@ -171,3 +174,21 @@ async def test_the_reaper_leaves_a_driven_instance_alone_and_stops_one_over_its_
 
 async def _tell_nothing(instance, text):
     raise AssertionError(f"nothing should be reaped: {text}")
+
+
+async def test_a_retried_job_takes_up_its_instance_and_skips_the_steps_it_finished(cloud, configured, vast):
+    async with open_store(cloud.database_path) as store:
+        await store.add_instance("vast", "7001", "pots", "pots-cloud-5", "RTX 4090", 0.45, 10.0, "gone-host:1", None)
+        for step in ("ready", "installed", "deployed", "gates"):
+            await store.touch_instance("vast", "7001", step)
+        run = cloud_run.CloudRun(cloud, configured, store, provider(cloud, "vast"), _ignore, "pots-cloud-5")
+        await run.rent(quote(cloud), "builtin", "{}")
+        assert not [r for r in vast.requests if r.method == "PUT"]  # nothing new rented
+        [instance] = await store.instances()
+        assert instance["worker"] == cloud_run.THIS_WORKER  # the reaper sees it driven again
+        # with no connection at all, the finished steps are skipped rather than tried
+        await run.install("builtin")
+        public = "stabilityai/stable-diffusion-xl-base-1.0"  # a public model: the rented machine downloads it
+        assert await run.deploy(public) == public
+        await run.gates({}, "builtin", None)
+        assert run.remote is None

@@ -212,3 +212,25 @@ def test_eval_md_is_written_in_the_seeds_format(settings):
                   prompts=[], grid=None, comparison=[])  # fmt: skip
     text = path.read_text(encoding="utf-8")
     assert "- **Quality notes**: none noted\n" in text and "No grid was drawn." in text
+
+
+def test_cloud_instances_keep_one_line_each_in_studio_md_and_every_other_byte(tmp_path):
+    from core.cloud import ledger
+
+    hand = (
+        "# Studio\r\n\r\n## Cloud instances\r\n<!-- loratrain records rented GPUs here -->\r\nMy own note.\r\n"
+        "\r\n## LoRAs\r\n"
+    )
+    (tmp_path / "studio.md").write_bytes(hand.encode())
+    instance = {"provider": "vast", "id": "7001", "gpu": "RTX 4090", "usd_per_hour": 0.5, "status": "RUNNING",
+                "started_at": "2026-11-29T10:00:00+00:00", "ended_at": None, "project": "pots"}  # fmt: skip
+    ledger.record(tmp_path, [instance])
+    ledger.record(tmp_path, [{**instance, "status": "TERMINATED", "ended_at": "2026-11-29T12:00:00+00:00"}])
+    text = (tmp_path / "studio.md").read_bytes().decode()
+    line = ("- **Vast.ai 7001**: RTX 4090 · $0.50/hour · started 2026-11-29 10:00 UTC · TERMINATED · $1.00 in all · "
+            "project pots")  # fmt: skip
+    assert text == hand.replace("My own note.\r\n", f"My own note.\r\n{line}\r\n")
+    fresh = tmp_path / "new"
+    fresh.mkdir()
+    ledger.record(fresh, [instance])  # no studio.md yet: the section is made
+    assert "## Cloud instances\n\n- **Vast.ai 7001**: RTX 4090" in (fresh / "studio.md").read_text()

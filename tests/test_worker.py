@@ -26,7 +26,7 @@ from core.intent import LoraType
 from core.jobs import FAILED, Job, inbox, job_id
 from core.store import open_store
 from tests.conftest import noise_image
-from worker.main import connect, submit, worker_settings
+from worker.main import connect, reap, submit, worker_settings
 from worker.tasks import TRIES, perform
 
 SESSION = "s1"
@@ -253,3 +253,24 @@ async def test_gpu_jobs_go_to_the_gpu_queue_one_at_a_time(queued, redis):
     job = Job(name="dry_run", id=job_id("dry_run", "p", 1), session="s", project="p")
     assert await submit(redis, queued, job)
     assert await redis.zcard(queued.gpu_queue) == 1 and await redis.zcard(queued.quick_queue) == 0
+
+
+async def test_cloud_jobs_have_their_own_queue_and_its_worker_reaps_what_no_run_drives(queued, redis, vast):
+    cloud = worker_settings(queued, "cloud")
+    assert sorted(f.name for f in cloud["functions"]) == ["cloud_offers", "cloud_train"]
+    assert cloud["job_timeout"] > queued.gpu_job_timeout  # a rented run lasts as long as training does
+    assert [c.name for c in cloud["cron_jobs"]] == ["cron:reap"] and not worker_settings(queued, "quick")["cron_jobs"]
+    job = Job(name="cloud_train", id=job_id("cloud_train", "p", 1), session="s", project="p")
+    assert await submit(redis, queued, job) and await redis.zcard(queued.cloud_queue) == 1
+    # the reaper's pass, as the cloud worker's cron runs it: an instance whose worker is gone is destroyed
+    # and its artist told in their thread
+    keyed = queued.model_copy(update=vast.settings())
+    left = vast.add("loratrain-r9")
+    async with open_store(keyed.database_path) as store:
+        await store.add_instance("vast", left, "p", "r9", "RTX 4090", 0.45, 10.0, "gone-host:1", "s")
+        await store.db.execute("UPDATE cloud_instances SET updated_at = '2026-01-01T00:00:00+00:00'")
+        await store.db.commit()
+    await reap({"settings": keyed, "redis": redis})
+    [told] = await events(redis, keyed)
+    assert told.kind == "instance_destroyed" and told.session == "s" and "the worker driving it stopped" in told.text
+    assert vast.destroyed == [left]

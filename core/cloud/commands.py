@@ -13,6 +13,7 @@ import sys
 import uuid
 
 from core.cloud import ledger
+from core.cloud.cost import about
 from core.cloud.providers import PROVIDERS, CloudError, provider
 from core.errors import UserError
 from core.grimoire import Project
@@ -75,7 +76,7 @@ async def cmd_train(settings: Settings, args: argparse.Namespace) -> None:
         quote = affordable[0]
         print(f"Cheapest fitting offer: {quote.text()}")
         print("The machine is destroyed as soon as your results are safe here, whatever happens.")
-        if not args.yes and not _confirmed(f"Rent it for about ${quote.usd:.2f}?"):
+        if not args.yes and not _confirmed(f"Rent it ({about(quote.usd)} in all)?"):
             print("Nothing was rented.")
             return
 

@@ -30,6 +30,11 @@ UNKNOWN_SPEED = 0.5
 BASE_DISK_GB = 30.0
 
 
+def about(usd: float) -> str:
+    """A cost as the artist reads it: "about $0.52", or "under $0.01" for a run too small to price."""
+    return f"about ${usd:.2f}" if usd >= 0.01 else "under $0.01"
+
+
 def relative_speed(gpu: str) -> float:
     return next((speed for name, speed in RELATIVE_SPEED.items() if name.lower() in gpu.lower()), UNKNOWN_SPEED)
 
@@ -50,7 +55,7 @@ class Estimate(BaseModel):
     def text(self) -> str:
         time = duration(self.training_s + self.setup_s)
         return (f"{self.offer.line()}: about {time} in all (training ~{duration(self.training_s)} plus "
-                f"~{duration(self.setup_s)} to set up), so about ${self.usd:.2f}. Your cap per run is "
+                f"~{duration(self.setup_s)} to set up), so {about(self.usd)}. Your cap per run is "
                 f"${self.cap_usd:.2f}.")  # fmt: skip
 
 

@@ -22,12 +22,12 @@ from core.training.configs import Backend
 CODE = (Path(core.__file__).parent, RESOURCES)  # what loratrain needs there: its package and reference files
 # Distributions the rented machine gets from its image (torch, built for its CUDA) or never needs (the bot).
 NOT_REMOTE = {"torch", "discord-py"}
-# The trainers' own installation, as their READMEs give it (resources/backends/*-adapter.md), and the
-# variable that tells loratrain's probe where each one is.
+# The trainers cloned and installed as their READMEs say (resources/backends/*-adapter.md: clone, then
+# requirements.txt), with the variable that tells loratrain's probe where each one is. SimpleTuner is a
+# PyPI package instead (it needs Python 3.12 or newer: an image with it, in LORATRAIN_CLOUD_IMAGE).
 TRAINERS = {
     Backend.kohya: ("LORATRAIN_KOHYA_DIR", "sd-scripts", "https://github.com/kohya-ss/sd-scripts.git"),
     Backend.ai_toolkit: ("LORATRAIN_AI_TOOLKIT_DIR", "ai-toolkit", "https://github.com/ostris/ai-toolkit.git"),
-    Backend.simpletuner: ("LORATRAIN_SIMPLETUNER_DIR", "SimpleTuner", "https://github.com/bghira/SimpleTuner.git"),
 }
 
 
@@ -90,7 +90,9 @@ class Layout:
         return " ".join(shlex.quote(a) for a in (self.python, "-m", "pip", "install", "-q", *packages))
 
     def install_trainer(self, backend: Backend) -> str | None:
-        """The trainer's installation (clone, then its requirements), or None for the built-in one."""
+        """The trainer's installation, or None for the built-in one (loratrain's own requirements)."""
+        if backend == Backend.simpletuner:
+            return self.pip_install(["simpletuner[cuda]"])
         if backend not in TRAINERS:
             return None
         _, folder, repository = TRAINERS[backend]

@@ -19,19 +19,21 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from core import intent as intents
 from core.cloud import ledger
-from core.cloud.cost import Estimate, spent
+from core.cloud.cost import Estimate, about, spent
 from core.cloud.providers import CloudError, Instance, Provider
 from core.cloud.remote import CODE, Layout, requirements
 from core.cloud.ssh import Remote, ensure_key
+from core.dataset.snapshot import take
 from core.errors import UserError
+from core.gates import ledger as gate_ledger
 from core.grimoire import Project
 from core.settings import Settings
 from core.store import Store
 from core.training.configs import Backend
 from core.training.execute import THIS_WORKER, Note, Result, alive
 from core.training.progress import ProgressState
-from core.training.readiness import readiness
 
 POLL_S = 5.0  # how often the training log is read from home
 READY_POLL_S = 5.0  # how often the provider is asked whether the instance is up
@@ -51,7 +53,8 @@ class Stopped(CloudError):
 async def cloud_plan(settings: Settings, project: Project, store: Store) -> dict:
     """Gate 2's record, after checking what a cloud run needs from home: the dataset passes Gate 1 today, and
     settings were chosen (Gates 2–4 are decided again on the rented card, for its memory and drivers)."""
-    gate1 = (await readiness(settings, project, store))[0]
+    snapshot = await take(project, intents.load(project), settings, store)  # this machine's GPU doesn't matter
+    gate1 = (await gate_ledger(project.name, store, {1: snapshot.fingerprint()}))[0]
     if gate1.state != "passed":
         raise UserError(f"Renting a GPU waits for Gate 1 (dataset), which is {gate1.state} — {gate1.why}. "
                         f"Check the dataset first (`loratrain report {project.name}`).")  # fmt: skip
@@ -86,8 +89,9 @@ class CloudRun:
             raise UserError("The GPU rented for this run was already given back (its run had stopped), so nothing "
                             "more is spent without asking: start the cloud run again to rent a new one.")  # fmt: skip
         await self.store.start_run(self.run_id, self.project.name, backend, config, None, THIS_WORKER)
-        if mine:
+        if mine:  # a retried job takes its instance up again: the reaper must see this worker drive it now
             self.instance = mine[-1]
+            await self._step(None, worker=THIS_WORKER)
             return
         offer = estimate.offer
         key = ensure_key(self.settings.cloud_dir / "id_ed25519")
@@ -98,7 +102,7 @@ class CloudRun:
                                       offer.usd_per_hour, estimate.cap_usd, THIS_WORKER, self.session)  # fmt: skip
         self.instance = (await self.store.instances(run=self.run_id))[-1]
         await self._step(None, vram_gb=offer.vram_gb)
-        await self._record()
+        self._record()
         await self.report(Note(text=f"Rented {offer.gpu} on {self.provider.title} (instance {instance_id}) at "
                                     f"${offer.usd_per_hour:.2f}/hour. It bills until I destroy it, which I do as soon "
                                     "as your results are safe here.", ping=True))  # fmt: skip
@@ -116,18 +120,16 @@ class CloudRun:
                                         f"{self.provider.title}: {err} I'll keep trying every few minutes; you can "
                                         "also destroy it in their console.", ping=True))  # fmt: skip
             return
-        cost = await self.ended()
-        gpu, instance_id = self.instance["gpu"], self.instance["id"]
-        await self.report(Note(text=f"Destroyed the {gpu} on {self.provider.title} (instance {instance_id}); it cost "
-                                    f"about ${cost:.2f} in all.", ping=True))  # fmt: skip
-
-    async def ended(self) -> float:
         await self.store.end_instance(self.provider.name, self.instance["id"])
         self.instance = (await self.store.instances(run=self.run_id))[-1]
-        await self._record()
-        return spent(self.instance["usd_per_hour"], self.instance["started_at"], self.instance["ended_at"])
+        self._record()
+        cost = spent(self.instance["usd_per_hour"], self.instance["started_at"], self.instance["ended_at"])
+        gpu, instance_id = self.instance["gpu"], self.instance["id"]
+        await self.report(Note(text=f"Destroyed the {gpu} on {self.provider.title} (instance {instance_id}); it cost "
+                                    f"{about(cost)} in all.", ping=True))  # fmt: skip
 
-    async def _record(self) -> None:
+    def _record(self) -> None:
+        """The instance's line in studio.md, as it stands."""
         ledger.record(self.settings.grimoire, [self.instance])
 
     async def heartbeat(self) -> None:
@@ -140,8 +142,8 @@ class CloudRun:
     async def _done(self, step: str) -> bool:
         return step in self.instance["steps"]
 
-    async def _step(self, step: str | None, **details: object) -> None:
-        await self.store.touch_instance(self.provider.name, self.instance["id"], step, **details)
+    async def _step(self, step: str | None, worker: str | None = None, **details: object) -> None:
+        await self.store.touch_instance(self.provider.name, self.instance["id"], step, worker, **details)
         self.instance = (await self.store.instances(run=self.run_id))[-1]
 
     # On the machine ----------------------------------------------------------------------------
