@@ -147,18 +147,24 @@ def machine_passes(settings, name: str = "pots") -> None:
 
 
 @pytest.fixture
-def ready(cli, settings, tmp_path, painting, tiny_sd15) -> Project:
-    """All four gates pass: built-in settings on the tiny model (6 passes, a checkpoint after the 5th)."""
+def configured(cli, tmp_path, painting, tiny_sd15, settings) -> Project:
+    """Gate 1 passed and built-in settings chosen on the tiny model (6 passes, a checkpoint after the 5th)."""
     make_project(cli, tmp_path, painting)
     code, _, err = cli("config", "pots", "--backend", "builtin", "--model", str(tiny_sd15), "--resolution", "512",
                        "--optimizer", "adamw", "--available", "24", "--batch", "5", "--epochs", "6",
                        "--repeats", "1", "--preset", "quick")  # fmt: skip
     assert code == 0, err
+    return Project.existing(settings, "pots")
+
+
+@pytest.fixture
+def ready(cli, settings, configured) -> Project:
+    """All four gates pass: built-in settings on the tiny model (6 passes, a checkpoint after the 5th)."""
     code, out, err = cli("env", "pots")  # no GPU here, but the tiny model trains on the CPU
     assert "Gate 3 (environment): GO for this small test model" in out, out + err
     code, out, err = cli("dryrun", "pots")
     assert "Dry run passed" in out, out + err
-    return Project.existing(settings, "pots")
+    return configured
 
 
 # A real SSH server ---------------------------------------------------------------------------------
@@ -204,14 +210,3 @@ def cloud(settings, sshd, vast, tmp_path, monkeypatch):
     cloud = settings.model_copy(update={**vast.settings(), **there})
     sshd.authorize(ensure_key(cloud.cloud_dir / "id_ed25519"))
     return cloud
-
-
-@pytest.fixture
-def configured(cli, tmp_path, painting, tiny_sd15, settings) -> Project:
-    """Gate 1 passed and settings chosen; no GPU here, so Gates 3 and 4 are for the rented machine."""
-    make_project(cli, tmp_path, painting)
-    code, _, err = cli("config", "pots", "--backend", "builtin", "--model", str(tiny_sd15), "--resolution", "512",
-                       "--optimizer", "adamw", "--available", "24", "--batch", "5", "--epochs", "6",
-                       "--repeats", "1", "--preset", "quick")  # fmt: skip
-    assert code == 0, err
-    return Project.existing(settings, "pots")

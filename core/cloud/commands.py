@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import uuid
 
 from core.cloud import ledger
@@ -51,16 +50,10 @@ async def cmd_offers(settings: Settings, args: argparse.Namespace) -> None:
         print(f"{number}. {quote.text()}{over}")
 
 
-def _confirmed(question: str) -> bool:
-    if not sys.stdin.isatty():
-        raise UserError("Renting a GPU costs money, so it asks first; add --yes to rent from a script.")
-    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
-
-
 async def cmd_train(settings: Settings, args: argparse.Namespace) -> None:
     from core.cloud.quotes import quotes
     from core.cloud.run import cloud_plan, train_in_cloud
-    from core.training.train_commands import _print_report
+    from core.training.train_commands import confirmed, print_report
 
     project = Project.existing(settings, args.name)
     chosen = provider(settings, args.provider)
@@ -76,11 +69,11 @@ async def cmd_train(settings: Settings, args: argparse.Namespace) -> None:
         quote = affordable[0]
         print(f"Cheapest fitting offer: {quote.text()}")
         print("The machine is destroyed as soon as your results are safe here, whatever happens.")
-        if not args.yes and not _confirmed(f"Rent it ({about(quote.usd)} in all)?"):
+        if not args.yes and not confirmed(f"Rent it ({about(quote.usd)} in all)?", "Renting a GPU costs money"):
             print("Nothing was rented.")
             return
 
-        result, grid = await train_in_cloud(settings, project, store, chosen, quote, _print_report,
+        result, grid = await train_in_cloud(settings, project, store, chosen, quote, print_report,
                                             run_id=f"{project.name}-cloud-{uuid.uuid4().hex[:8]}")  # fmt: skip
     print(result.message)
     if grid:

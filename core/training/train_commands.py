@@ -16,7 +16,7 @@ from core.training.progress import ProgressState
 from core.training.readiness import readiness
 
 
-async def _print_report(item: ProgressState | Note) -> None:
+async def print_report(item: ProgressState | Note) -> None:
     if isinstance(item, Note):
         print(item.text + (f" (picture: {item.picture})" if item.picture else ""), flush=True)
     else:
@@ -28,9 +28,10 @@ async def _print_json(item: ProgressState | Note) -> None:
     print(json.dumps({"note" if isinstance(item, Note) else "progress": item.model_dump(mode="json")}), flush=True)
 
 
-def _confirmed(question: str) -> bool:
+def confirmed(question: str, why: str) -> bool:
+    """The artist's yes in the terminal; with no one to ask (a script), ``why`` it asks, and how to say yes."""
     if not sys.stdin.isatty():
-        raise UserError("Training spends hours of GPU time, so it asks first; add --yes to start it from a script.")
+        raise UserError(f"{why}, so it asks first; add --yes to go ahead from a script.")
     return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
@@ -39,10 +40,10 @@ async def cmd_train(settings: Settings, args: argparse.Namespace) -> None:
     async with open_store(settings.database_path) as store:
         ready = await plan(project, store, await readiness(settings, project, store))
         print(json.dumps({"plan": ready.model_dump(mode="json")}) if args.json else ready.text(), flush=True)
-        if not args.yes and not _confirmed("Start training?"):
+        if not args.yes and not confirmed("Start training?", "Training spends hours of GPU time"):
             print("Not started. Nothing was changed.")
             return
-        result = await train(settings, project, store, _print_json if args.json else _print_report, fresh=args.fresh)
+        result = await train(settings, project, store, _print_json if args.json else print_report, fresh=args.fresh)
     if args.json:
         print(json.dumps({"result": result.model_dump(mode="json")}), flush=True)
         return
