@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from core import intent as intents
+from core import logs, status_commands
 from core.cloud import commands as cloud_commands
 from core.dataset.audit import audit_folder
 from core.dataset.curate import curate
@@ -29,7 +30,7 @@ from core.evaluation import diagnose_commands, eval_commands
 from core.families import FAMILIES, Family
 from core.grimoire import Project
 from core.intent import LoraType, with_article
-from core.settings import Settings
+from core.settings import Settings, load
 from core.store import Store, open_store
 from core.training import commands as training_commands
 from core.training import config_commands, gate_commands, monitor_commands, train_commands
@@ -160,6 +161,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="loratrain", description="A LoRA Training Specialist for artists.")
     top.add_argument("--grimoire", type=Path, help="grimoire folder (default: LORATRAIN_GRIMOIRE or ./grimoire)")
+    top.add_argument("--verbose", action="store_true", help="log every detail (DEBUG), the libraries' too")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     families, types = [f.value for f in Family], [t.value for t in LoraType]
 
@@ -223,15 +225,18 @@ def parser() -> argparse.ArgumentParser:
         eval_commands,
         diagnose_commands,
         cloud_commands,
+        status_commands,
     ):
         more.add_parsers(sub)
 
     p = sub.add_parser("worker", help="run an arq worker for the quick, the GPU or the cloud queue")
     p.add_argument("--queue", choices=["quick", "gpu", "cloud"], default="quick", help="which queue to serve")
     p.add_argument("--burst", action="store_true", help="stop when the queue is empty (for scripts and tests)")
+    p.add_argument("--check", action="store_true", help="exit 0 if this machine's worker for the queue is running")
     p.set_defaults(run=_adapter("worker.main"))
 
     p = sub.add_parser("bot", help="run the Discord bot (needs LORATRAIN_DISCORD_TOKEN)")
+    p.add_argument("--check", action="store_true", help="exit 0 if the bot is connected to Discord and relaying")
     p.set_defaults(run=_adapter("bot.main"))
 
     p = sub.add_parser("demo", help="run the whole pipeline on generated sample pictures and a tiny model")
@@ -240,18 +245,21 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; its exit status: what it returned when that is a number (a health check's 0 or 1),
+    2 for a problem it explained, else 0."""
     args = parser().parse_args(argv)
-    settings = Settings()
-    if args.grimoire:
-        settings = settings.model_copy(update={"grimoire": args.grimoire})
     try:
+        settings = load()
+        if args.grimoire:
+            settings = settings.model_copy(update={"grimoire": args.grimoire})
+        logs.setup(args.verbose, settings)
         result = args.run(settings, args)
         if asyncio.iscoroutine(result):
-            asyncio.run(result)
+            result = asyncio.run(result)
     except UserError as err:
         print(f"loratrain: {err}", file=sys.stderr)
         return 2
-    return 0
+    return result if type(result) is int else 0
 
 
 if __name__ == "__main__":

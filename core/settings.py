@@ -10,8 +10,10 @@ import os
 from pathlib import Path
 
 from PIL import Image
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.errors import UserError
 
 
 class Settings(BaseSettings):
@@ -117,13 +119,39 @@ class Settings(BaseSettings):
         return int(self.max_upload_mb * 1024 * 1024)
 
 
+def env_names(name: str) -> list[str]:
+    """The environment variables a setting is read from, its own name first."""
+    alias = Settings.model_fields[name].validation_alias
+    return list(alias.choices) if isinstance(alias, AliasChoices) else [f"LORATRAIN_{name.upper()}"]
+
+
+def load() -> Settings:
+    """The settings from the environment and ``.env``; a wrong value is a ``UserError`` naming the variable,
+    what is wrong and its default. The value itself is never repeated: it may be a secret."""
+    try:
+        return Settings()
+    except ValidationError as err:
+        lines = []
+        for error in err.errors():
+            field = str(error["loc"][0]) if error["loc"] else ""
+            if field in Settings.model_fields:
+                info = Settings.model_fields[field]
+                default = "unset" if info.default is None else info.default
+                about = f" ({(info.description or '').rstrip('.')}; default: {default})"
+                lines.append(f"- {env_names(field)[0]} {error['msg'].removeprefix('Input ')}{about}.")
+            else:
+                lines.append(f"- {field or 'a setting'}: {error['msg']}.")
+        raise UserError(
+            "A setting in your environment or .env file is wrong:\n" + "\n".join(lines) + "\n"
+            "Correct it (or delete the line to use the default), then run `loratrain doctor`."
+        ) from None
+
+
 def reference_table() -> str:
     """The settings as a Markdown table (variable, default, meaning), for the README: generated from
     this model so the documentation cannot drift from the code."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
-        alias = field.validation_alias
-        names = alias.choices if isinstance(alias, AliasChoices) else [f"LORATRAIN_{name.upper()}"]
         shown = "number of cores" if name == "workers" else "unset" if field.default is None else f"`{field.default}`"
-        rows.append(f"| {', '.join(f'`{n}`' for n in names)} | {shown} | {field.description} |")
+        rows.append(f"| {', '.join(f'`{n}`' for n in env_names(name))} | {shown} | {field.description} |")
     return "\n".join(rows)

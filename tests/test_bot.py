@@ -7,7 +7,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import re
+import signal
+import time
 from types import SimpleNamespace
 
 import discord
@@ -17,7 +20,7 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from bot.buttons import AdjustCaption
-from bot.main import LoraBot, run
+from bot.main import HEARTBEAT_TTL_S, RELAY_STALE_S, LoraBot, beat, check, health_key, run, serve
 from bot.relay import Relay
 from bot.render import Renderer, split
 from bot.train import train
@@ -675,6 +678,47 @@ async def test_the_relay_waits_out_a_redis_outage(bot, caplog):
     assert "Event stream unreachable" in caplog.text
 
 
+async def test_a_relay_asked_to_stop_finishes_its_batch_and_after_a_restart_posts_only_what_is_new(
+    bot, world, mira, bot_settings
+):
+    await slash_train(bot, mira)
+    (thread,) = threads(world)
+    stream = RedisStream(bot.redis, bot.settings.events_stream)
+
+    def started(n: int) -> JobStarted:
+        return JobStarted(id=f"j{n}:started", session=str(thread.id), project=PROJECT, job=f"j{n}", text=f"Step {n}")
+
+    for n in range(3):
+        await stream.publish(started(n))
+    deliver = bot.deliver
+
+    async def stopped_while_showing(thread, outcome, private=None) -> None:
+        bot.relay.stop()  # the stop comes while the first of the three is being shown
+        await deliver(thread, outcome, private)
+
+    bot.deliver = stopped_while_showing
+    await asyncio.wait_for(bot.relay.run(), 5)
+    assert [m for m in thread.said() if m.startswith("⏳")] == [f"⏳ Step {n} ░░░░░░░░░░ 0/3" for n in range(3)]
+
+    idle = Relay(bot, stream)  # waiting for events (up to 5 s a read), it stops at once
+    following = asyncio.create_task(idle.run())
+    await asyncio.sleep(0.2)
+    idle.stop()
+    await asyncio.wait_for(following, 0.5)
+
+    for n in (3, 4):
+        await stream.publish(started(n))
+    await bot.close()
+    restarted = Bot(bot_settings, world)
+    await restarted.open()
+    try:
+        assert await restarted.relay.step(block_ms=100) == 2
+        assert await restarted.relay.step(block_ms=100) == 0
+    finally:
+        await restarted.close()
+    assert [m for m in thread.said() if m.startswith("⏳")] == [f"⏳ Step {n} ░░░░░░░░░░ 0/3" for n in range(5)]
+
+
 # Rendering ----------------------------------------------------------------------------------------
 
 
@@ -734,7 +778,94 @@ def test_long_text_is_split_between_lines():
 def test_the_bot_refuses_to_start_without_a_token(settings, cli, monkeypatch):
     for token in (None, SecretStr("  ")):
         with pytest.raises(UserError, match="LORATRAIN_DISCORD_TOKEN"):
-            run(settings.model_copy(update={"discord_token": token}), argparse.Namespace())
+            run(settings.model_copy(update={"discord_token": token}), argparse.Namespace(check=False))
     monkeypatch.delenv("LORATRAIN_DISCORD_TOKEN", raising=False)
     code, _, err = cli("bot")
     assert code == 2 and "No Discord bot token is set" in err
+
+
+async def test_stopping_lets_actions_in_flight_finish_ignores_new_messages_and_happens_once(bot, world, mira):
+    await slash_train(bot, mira)
+    (thread,) = threads(world)
+    session = str(thread.id)
+
+    async def action_in_flight() -> str:
+        async with bot.session_lock(session):
+            await asyncio.sleep(0.2)
+            return (await bot.store.session(session))["owner"]  # the store is still open
+
+    acting = asyncio.create_task(action_in_flight())
+    await asyncio.sleep(0)
+    await asyncio.gather(bot.close(), bot.close())
+    assert acting.done() and acting.result() == str(mira.id)
+    assert bot.is_closed() and bot.stopping
+    before = len(world.log)
+    await say(bot, thread, mira, "hello?")  # the store is closed: a handled message would fail here
+    assert len(world.log) == before
+    await bot.close()  # the fixture closes it once more
+
+
+async def test_the_health_check_reads_the_heartbeat_the_bot_writes(bot, bot_settings, capsys, monkeypatch):
+    async def checked() -> tuple[int, str]:
+        code = await check(bot_settings)
+        return code, capsys.readouterr().out
+
+    assert await checked() == (1, "The bot is not running: it has written no heartbeat in the last 45 s.\n")
+    await beat(bot)  # Discord not connected yet
+    assert await checked() == (1, "The bot is running but not connected to Discord.\n")
+    monkeypatch.setattr(bot, "is_ready", lambda: True)
+    await beat(bot)
+    code, out = await checked()
+    assert code == 1 and "its relay is not reading the workers' events" in out
+    await bot.relay.step(block_ms=10)
+    await beat(bot)
+    assert await checked() == (0, "The bot is connected to Discord; its relay read the events 0 s ago.\n")
+    assert 0 < await bot.redis.ttl(health_key(bot_settings)) <= HEARTBEAT_TTL_S
+
+    bot.relay.last_read = time.time() - RELAY_STALE_S - 1  # a relay stuck on something
+    await beat(bot)
+    assert (await checked())[0] == 1
+    await bot.close()
+    assert (await checked())[0] == 1  # a stopped bot leaves no heartbeat
+
+
+async def test_sigterm_stops_the_running_bot_gracefully(bot_settings, world, monkeypatch, capsys, caplog):
+    class Connected(Bot):
+        """The real bot with everything but Discord's gateway, which stands still until closed."""
+
+        async def start(self, token: str, *, reconnect: bool = True) -> None:
+            await self.setup_hook()
+            await asyncio.Event().wait()
+
+    async def no_sync(**_) -> list:
+        return []
+
+    async def health() -> str:
+        await check(bot_settings)
+        return capsys.readouterr().out
+
+    bot = Connected(bot_settings, world)
+    monkeypatch.setattr(bot.tree, "sync", no_sync)
+    serving = asyncio.create_task(serve(bot, "token"))
+    async with asyncio.timeout(5):  # up, with its heartbeat written
+        while "not connected to Discord" not in await health():
+            await asyncio.sleep(0.05)
+    with caplog.at_level(logging.INFO):
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(serving, 10)
+    assert bot.is_closed() and bot._relay_task.done()
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("bot")] == [
+        "Bot stopping",
+        "Relay stopped",
+        "Bot stopped",
+    ]
+    assert "The bot is not running" in await health()  # its heartbeat went with it
+
+
+def test_the_bot_check_needs_no_token_and_says_when_redis_is_down(cli, redis_url, monkeypatch):
+    monkeypatch.delenv("LORATRAIN_DISCORD_TOKEN", raising=False)
+    monkeypatch.setenv("LORATRAIN_REDIS_URL", redis_url)
+    assert cli("bot", "--check") == (1, "The bot is not running: it has written no heartbeat in the last 45 s.\n", "")
+    monkeypatch.setenv("LORATRAIN_REDIS_URL", "redis://:pw@127.0.0.1:1/0")
+    code, out, err = cli("bot", "--check")
+    assert code == 1 and out == "The bot's health is unknown: Redis at LORATRAIN_REDIS_URL can't be reached.\n"

@@ -181,7 +181,7 @@ async def test_a_job_whose_worker_is_killed_runs_again_on_another_worker(queued,
             second.kill()
             await second.wait()
     assert second.returncode == 0, log.decode()
-    assert f"{job.id} try 2: done" in log.decode()
+    assert any(f"job={job.id} try=2 outcome=done" in line for line in log.decode().splitlines())
     checked = [e for e in await events(redis, queued) if e.kind == "dataset_checked"]
     assert len(checked) == 1 and checked[0].usable == count
     assert len(list(project.dataset_dir.glob("*.jpg"))) == count  # each picture imported once

@@ -5,6 +5,9 @@ arq retries only on ``Retry`` (or a cancelled worker), so an unexpected failure 
 until the last try. Two failures ``run_job`` cannot report itself are reported here, so the artist
 always hears when a job stops for good: a job that ran out of time (it was cancelled mid-way), and a
 job whose worker died on every try (arq lets one more try in, and that try only says so).
+
+Each try ends with one log line: the job, the try, its ``outcome`` (done, told, retrying, failed, timed-out,
+gave-up, requeued — its worker is stopping —, cancelled) and how long it ran.
 """
 
 from __future__ import annotations
@@ -37,24 +40,38 @@ async def perform(ctx: dict, job: dict) -> None:
         await stream.publish(event)
         said.append(event.kind)
 
-    def done(outcome: str) -> None:
-        log.info("%s try %d: %s after %.1f s", task.id, tries, outcome, time.monotonic() - started)
+    def done(outcome: str, event: str, level: int = logging.INFO, exc: Exception | None = None, **fields: object):
+        seconds = round(time.monotonic() - started, 1)
+        extra = {"job": task.id, "try": tries, "outcome": outcome, "seconds": seconds, **fields}
+        log.log(level, event, exc_info=exc, extra=extra)
 
     if tries > TRIES:
         await publish(failure(task))
-        return done("gave up: its worker stopped on every try")
+        return done("gave-up", "Job given up: its worker stopped on every try", logging.WARNING)
     deadline = asyncio.timeout(ctx["time_limit"])
     try:
         async with deadline:
             await run_job(settings, task, publish, last_try=tries >= TRIES)
+    except asyncio.CancelledError:
+        stopping = ctx.get("stopping")
+        if stopping is not None and stopping.is_set():
+            done("requeued", "Job interrupted: its worker is stopping, so it goes back to the queue")
+        else:
+            done("cancelled", "Job cancelled", logging.WARNING)
+        raise
     except Exception as err:
+        error = type(err).__name__
         if deadline.expired():  # run_job was cancelled, so it could not tell the artist itself
             await publish(failure(task))
-            done(f"stopped: over its {ctx['time_limit']} s limit")
+            done("timed-out", "Job stopped: over its time limit", logging.WARNING, limit_s=ctx["time_limit"])
         elif tries < TRIES:
-            done(f"failed ({type(err).__name__}), retrying in {RETRY_DELAY_S * tries} s")
-            raise Retry(defer=RETRY_DELAY_S * tries) from err
+            retry_in = RETRY_DELAY_S * tries
+            done("retrying", "Job failed; trying again", logging.WARNING, err, error=error, retry_in_s=retry_in)
+            raise Retry(defer=retry_in) from err
         else:
-            done(f"failed ({type(err).__name__}), no tries left")
+            done("failed", "Job failed; no tries left", logging.WARNING, error=error)
         raise
-    done("the artist was told why it stopped" if said[-1:] == ["job_failed"] else "done")
+    if said[-1:] == ["job_failed"]:
+        done("told", "Job ended: the artist was told why it stopped")
+    else:
+        done("done", "Job done")

@@ -108,9 +108,10 @@ def _total_steps(params: dict, batch: int) -> int:
 async def train(settings: Settings, project: Project, store: Store, report: Report, fresh: bool = False,
                 job: str | None = None) -> Result:  # fmt: skip
     """Train ``project`` to its LoRA, or to a clear failure. The gates are checked again first. ``job`` is
-    the queue job running it: a retry of a job whose run already ended returns that run's result."""
+    the queue job running it: a retry of a job whose run already ended returns that run's result, unless
+    the run was only interrupted (its worker stopped and put the job back in the queue): that run resumes."""
     previous = await store.latest_run(project.name)
-    if previous and previous["status"] != "running" and job and job in previous["jobs"]:
+    if previous and previous["status"] != "running" and job and job in previous["jobs"] and not _interrupted(previous):
         return _result_of(previous, project)
     if previous and previous["status"] == "running" and alive(previous):
         raise UserError(f"{project.name} is already training (last heard from at {previous['updated_at']}); "
@@ -247,6 +248,11 @@ def alive(run: dict) -> bool:
         return True
     heard = datetime.fromisoformat(run["updated_at"])
     return (datetime.now(UTC) - heard).total_seconds() < ALIVE_S
+
+
+def _interrupted(run: dict) -> bool:
+    """Cancelled, but not at the artist's request: its job was cancelled (a stopping worker, a time limit)."""
+    return run["status"] == "cancelled" and not run["cancel_requested"]
 
 
 def _resumable(previous: dict | None, fingerprint: str, project: Project) -> bool:
