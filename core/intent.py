@@ -74,7 +74,7 @@ class Intent(BaseModel):
         return FAMILIES[self.family].resolution
 
     def to_markdown(self) -> str:
-        description = " ".join(self.description.split()) or f"A {self.type} LoRA."
+        description = " ".join(self.description.split()) or f"{with_article(str(self.type)).capitalize()} LoRA."
         return (
             f"# Training Intent: {self.name}\n"
             f"- **Type**: {self.type}\n"
