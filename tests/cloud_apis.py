@@ -31,6 +31,7 @@ import json
 import operator
 import re
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -62,7 +63,7 @@ class Rented:
     body: dict = field(default_factory=dict)
 
 
-class FakeAPI:
+class FakeAPI(ABC):
     """The HTTP server, the failure switches and the instance book-keeping both fakes share."""
 
     def __init__(self, key: str = "test-key") -> None:
@@ -143,17 +144,21 @@ class FakeAPI:
         return True
 
     # what each provider's wire format decides
+    @abstractmethod
     def new_id(self, number: int) -> str:
-        raise NotImplementedError
+        """The provider's id for its ``number``-th instance."""
 
+    @abstractmethod
     def authorized(self, request: Request) -> bool:
-        raise NotImplementedError
+        """Whether the request carries the key, where this provider expects it."""
 
+    @abstractmethod
     def route(self, request: Request) -> Answer:
-        raise NotImplementedError
+        """The answer to an authorized request."""
 
+    @abstractmethod
     def error(self, status: int, message: str) -> Any:
-        raise NotImplementedError
+        """An error body in this provider's shape."""
 
 
 def _handler(fake: FakeAPI) -> type[BaseHTTPRequestHandler]:
