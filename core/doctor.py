@@ -187,16 +187,19 @@ QUEUES = {  # queue → (its setting, who needs a worker on it)
 
 
 async def workers(settings: Settings) -> list[Finding]:
-    """A worker on each queue: arq keeps ``{queue}:health-check`` (``worker.main.worker_settings``) alive
-    while it runs, holding its counts of jobs done, failed and waiting."""
+    """A worker on each queue: each running worker keeps ``{queue}:health-check:{host}`` alive
+    (``worker.main.health_key``), holding its counts of jobs done, failed and waiting."""
     found = []
     try:
         async with _redis(settings) as client:
             for queue, (field, needed) in QUEUES.items():
                 name = f"Worker ({queue})"
-                stats = await client.get(f"{getattr(settings, field)}:health-check")
-                if stats is not None:
-                    found.append(Finding(name=name, state="ok", found=f"alive: {stats.decode(errors='replace')}"))
+                keys = sorted(await client.keys(f"{getattr(settings, field)}:health-check:*"))
+                if keys:
+                    machines = [key.decode(errors="replace").rpartition(":")[2] for key in keys]
+                    stats = (await client.get(keys[0])) or b""
+                    alive = f"alive on {', '.join(machines)}: {stats.decode(errors='replace')}"
+                    found.append(Finding(name=name, state="ok", found=alive))
                 else:
                     found.append(
                         Finding(

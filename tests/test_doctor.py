@@ -20,6 +20,7 @@ from core.store import MIGRATIONS, open_store
 from core.training.execute import THIS_WORKER
 from core.training.progress import ProgressState
 from tests.test_environment import machine
+from worker.main import health_key
 
 TOKEN = "MTIzNDU2Nzg5MDEy.GhIjKl.fake-discord-token-value"
 
@@ -69,10 +70,12 @@ def test_a_dead_redis_is_a_problem_with_its_fix_and_exit_1(doctor, monkeypatch) 
 
 def test_a_running_worker_is_seen_through_its_health_check(doctor, redis_url) -> None:
     client = redis.Redis.from_url(redis_url)
-    client.set("loratrain:gpu:health-check", "Jan-01 12:00:00 j_complete=3 j_failed=0 j_retried=0 j_ongoing=1 queued=0")
+    stats = "Jan-01 12:00:00 j_complete=3 j_failed=0 j_retried=0 j_ongoing=1 queued=0"
+    client.set(health_key("loratrain:gpu"), stats)  # the key a real GPU worker on this machine keeps
     client.close()
     found = by_name(doctor("--json")[1])
     assert found["Worker (gpu)"]["state"] == "ok" and "j_complete=3" in found["Worker (gpu)"]["found"]
+    assert f"alive on {socket.gethostname()}" in found["Worker (gpu)"]["found"]
     assert found["Worker (quick)"]["state"] == "warning"
 
 
