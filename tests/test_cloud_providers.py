@@ -98,10 +98,10 @@ def test_runpod_offers_price_each_gpu_type_and_skip_those_without_a_price(
 ) -> None:
     offers = runpod.offers(Need(vram_gb=24, disk_gb=50))
 
-    # A4000: 16 GB; H100: no price, so none to rent now. A100: no on-demand lowest price → its secure price.
-    assert [(o.id, o.usd_per_hour) for o in offers] == [
-        ("NVIDIA GeForce RTX 4090", 0.34),
-        ("NVIDIA A100 80GB PCIe", 1.64),
+    # A4000: 16 GB; H100: no cloud rents it now. Each at its cheaper cloud, which the rental will ask for.
+    assert [(o.id, o.usd_per_hour, o.cloud) for o in offers] == [
+        ("NVIDIA GeForce RTX 4090", 0.34, "COMMUNITY"),
+        ("NVIDIA A100 80GB PCIe", 1.64, "SECURE"),
     ]
     assert offers[0].reliability is None and offers[0].disk_gb is None and offers[0].vram_gb == 24
     (search,) = calls(runpod_api, "POST", "/graphql")
@@ -121,7 +121,9 @@ def test_an_offer_reads_as_one_plain_line(vast: Provider, runpod: Provider) -> N
     assert vast.offers(Need(vram_gb=24, disk_gb=50))[1].line() == (
         "RTX 4090 (24 GB) on Vast.ai — $0.45/hour, reliability 99%, Sweden, SE"
     )
-    assert runpod.offers(Need(vram_gb=24, disk_gb=50))[0].line() == "RTX 4090 (24 GB) on RunPod — $0.34/hour"
+    assert runpod.offers(Need(vram_gb=24, disk_gb=50))[0].line() == (
+        "RTX 4090 (24 GB) on RunPod — $0.34/hour, Community Cloud"
+    )
 
 
 # --- renting, waiting, giving back -------------------------------------------------------------------------
@@ -168,7 +170,8 @@ def test_runpod_rents_a_pod_with_public_ssh_and_our_key(runpod: Provider, runpod
     assert post.json == {"name": "loratrain-test-run1", "imageName": "runpod/pytorch:test",
                          "gpuTypeIds": ["NVIDIA GeForce RTX 4090"], "gpuCount": 1, "containerDiskInGb": 50,
                          "ports": ["22/tcp"], "supportPublicIp": True,
-                         "env": {"PUBLIC_KEY": KEY, "SSH_PUBLIC_KEY": KEY}}  # fmt: skip
+                         "env": {"PUBLIC_KEY": KEY, "SSH_PUBLIC_KEY": KEY},
+                         "cloudType": "COMMUNITY"}  # fmt: skip
     assert post.headers["authorization"] == f"Bearer {runpod_api.key}"
     assert runpod.instance(instance_id).state == "starting"  # RUNNING is only desired until port 22 is mapped
 

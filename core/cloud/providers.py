@@ -59,6 +59,7 @@ class Offer(BaseModel):
     disk_gb: float | None = None
     cuda: str | None = None  # newest CUDA the host's driver supports, when known ("12.8")
     location: str | None = None
+    cloud: str | None = None  # which of the provider's clouds the price is for (RunPod: SECURE or COMMUNITY)
 
     def line(self) -> str:
         """One plain line: 'RTX 4090 (24 GB) on Vast.ai — $0.45/hour, reliability 99%, Sweden'."""

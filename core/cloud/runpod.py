@@ -19,6 +19,7 @@ GPU_TYPES = (
 )
 KEY_IN_URL = re.compile(r"(api_key=)[^&\s]+")
 STATES = {"EXITED": "failed", "TERMINATED": "gone"}  # any other desiredStatus: starting until SSH is mapped
+CLOUD_NAMES = {"SECURE": "Secure Cloud", "COMMUNITY": "Community Cloud"}
 
 
 class HideKey(logging.Filter):
@@ -74,6 +75,7 @@ class RunPod(Provider):
             # RunPod's images write $PUBLIC_KEY into authorized_keys; SSH_PUBLIC_KEY is RunPod's per-pod
             # override of the account's keys.
             "env": {"PUBLIC_KEY": key, "SSH_PUBLIC_KEY": key},
+            **({"cloudType": offer.cloud} if offer.cloud else {}),
         }
         pod = self._call("POST", f"{self.url}/pods", "the rental", json=body, headers=self._bearer(), repeatable=False)
         return str(self._field(pod, "id", "the rental"))
@@ -96,26 +98,30 @@ class RunPod(Provider):
 
 def _offer(row: dict) -> Offer | None:
     """The GPU type as an offer at its on-demand price, or None when RunPod has none to rent now."""
-    price = _price(row)
-    if price is None or not row.get("memoryInGb"):
+    cheapest = _cheapest(row)
+    if cheapest is None or not row.get("memoryInGb"):
         return None
+    price, cloud = cheapest
     return Offer(
         provider="runpod",
         id=row["id"],
         gpu=row.get("displayName") or row["id"],
         vram_gb=row["memoryInGb"],
         usd_per_hour=price,
+        location=CLOUD_NAMES.get(cloud),
+        cloud=cloud,
     )
 
 
-def _price(row: dict) -> float | None:
-    """The lowest on-demand price for one GPU, else the cheaper of the clouds that offer the type."""
+def _cheapest(row: dict) -> tuple[float, str | None] | None:
+    """(price, cloud) of the cheaper cloud that rents the type on demand now — the rental asks for that cloud,
+    so the price shown is the price paid; else RunPod's lowest on-demand price, cloud unknown."""
+    clouds = [("SECURE", "secureCloud", "securePrice"), ("COMMUNITY", "communityCloud", "communityPrice")]
+    found = [(float(row[price]), cloud) for cloud, offered, price in clouds if row.get(offered) and row.get(price)]
+    if found:
+        return min(found)
     lowest = (row.get("lowestPrice") or {}).get("uninterruptablePrice")
-    if lowest:
-        return float(lowest)
-    clouds = [("secureCloud", "securePrice"), ("communityCloud", "communityPrice")]
-    prices = [float(row[price]) for offered, price in clouds if row.get(offered) and row.get(price)]
-    return min(prices, default=None)
+    return (float(lowest), None) if lowest else None
 
 
 def _instance(pod: dict) -> Instance:
