@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from core.after_gates import CANCEL_TRAINING
 from core.cloud.cost import about
-from core.cloud.providers import TITLES
+from core.cloud.providers import TITLES, keyed
 from core.errors import UserError
 from core.events import CloudOffers, InstanceDestroyed
 from core.jobs import Job
@@ -27,7 +27,7 @@ class CloudTalk:
 
     def cloud_ready(self) -> bool:
         """Whether any provider's API key is set, so a rental can be offered at all."""
-        return bool(self.settings.vast_api_key or self.settings.runpod_api_key)
+        return bool(keyed(self.settings))
 
     async def _cloud_offers(self, state: dict, gpu: str | None = None) -> Outcome:
         """Look for rented GPUs that fit (a job: the providers are asked by the cloud worker)."""

@@ -271,7 +271,7 @@ async def register_job(settings: Settings, job: Job, publish: Publish) -> None:
 
 async def cloud_offers_job(settings: Settings, job: Job, publish: Publish) -> None:
     """Rented GPUs that fit the project's run, each with the run's estimated cost, for the artist to choose."""
-    from core.cloud.providers import PROVIDERS, CloudError, provider
+    from core.cloud.providers import CloudError, keyed, provider
     from core.cloud.quotes import quotes
     from core.cloud.run import cloud_plan
 
@@ -279,9 +279,7 @@ async def cloud_offers_job(settings: Settings, job: Job, publish: Publish) -> No
     async with open_store(settings.database_path) as store:
         details = await cloud_plan(settings, project, store)
     found, problems = [], []
-    for name in PROVIDERS:
-        if getattr(settings, f"{name}_api_key") is None:
-            continue
+    for name in keyed(settings):
         try:
             found += await quotes(settings, project, details, [provider(settings, name)], job.args.get("gpu"))
         except CloudError as err:

@@ -13,7 +13,7 @@ import uuid
 
 from core.cloud import ledger
 from core.cloud.cost import about
-from core.cloud.providers import PROVIDERS, CloudError, provider
+from core.cloud.providers import PROVIDERS, CloudError, keyed, provider
 from core.errors import UserError
 from core.grimoire import Project
 from core.settings import Settings
@@ -24,10 +24,10 @@ def _providers(settings: Settings, name: str | None) -> list:
     """The named provider, or every provider that has an API key set."""
     if name:
         return [provider(settings, name)]
-    keyed = [n for n in PROVIDERS if getattr(settings, f"{n}_api_key")]
-    if not keyed:
+    names = keyed(settings)
+    if not names:
         raise UserError("No cloud provider is set up: set LORATRAIN_VAST_API_KEY or LORATRAIN_RUNPOD_API_KEY.")
-    return [provider(settings, n) for n in keyed]
+    return [provider(settings, n) for n in names]
 
 
 async def cmd_offers(settings: Settings, args: argparse.Namespace) -> None:

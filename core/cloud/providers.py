@@ -293,6 +293,11 @@ class Provider(ABC):
             raise self._shape_error(what, f"a row without a usable {err}") from None
 
 
+def keyed(settings: Settings) -> list[str]:
+    """The providers whose API key is set: those loratrain may ask for offers and rent from."""
+    return [name for name in PROVIDERS if getattr(settings, f"{name}_api_key") is not None]
+
+
 def provider(settings: Settings, name: str, client: httpx.Client | None = None) -> Provider:
     """The provider called ``name`` ("vast" or "runpod"), ready to use with the settings' key."""
     # Imported here: the providers' modules import this one for the interface.

@@ -43,19 +43,27 @@ async def why_reap(store: Store, instance: dict) -> str | None:
     return None
 
 
+async def give_back(settings: Settings, store: Store, provider: Provider, instance: dict,
+                    **details: object) -> tuple[dict, float]:  # fmt: skip
+    """Destroy a recorded instance (already gone counts as done) and record it TERMINATED, in the store and
+    studio.md; the ended instance and what it cost in all. ``CloudError`` when the provider can't be reached:
+    the record stays RUNNING, so the reaper tries again."""
+    await asyncio.to_thread(provider.destroy, instance["id"])
+    await store.end_instance(instance["provider"], instance["id"], **details)
+    ended = next(i for i in await store.instances(run=instance["run"]) if i["id"] == instance["id"])
+    ledger.record(settings.grimoire, [ended])
+    return ended, spent(ended["usd_per_hour"], ended["started_at"], ended["ended_at"])
+
+
 async def destroy(settings: Settings, store: Store, provider: Provider, instance: dict, why: str, tell: Tell) -> bool:
     """Destroy one recorded instance (already gone counts as done), record it, and tell the artist. False
     when the provider could not be reached: the instance stays RUNNING in the record, for the next pass."""
     try:
-        await asyncio.to_thread(provider.destroy, instance["id"])
+        ended, cost = await give_back(settings, store, provider, instance, reaped=why)
     except CloudError as err:
         await tell(instance, f"⚠️ Instance {instance['id']} on {provider.title} should be destroyed ({why}), but "
                              f"that failed: {err} I'll try again in a few minutes.")  # fmt: skip
         return False
-    await store.end_instance(instance["provider"], instance["id"], reaped=why)
-    ended = next(i for i in await store.instances(run=instance["run"]) if i["id"] == instance["id"])
-    ledger.record(settings.grimoire, [ended])
-    cost = spent(ended["usd_per_hour"], ended["started_at"], ended["ended_at"])
     await tell(ended, f"Destroyed the {ended['gpu']} on {provider.title} (instance {ended['id']}) because {why}; "
                       f"it cost about ${cost:.2f} in all.")  # fmt: skip
     return True

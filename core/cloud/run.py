@@ -23,6 +23,7 @@ from core import intent as intents
 from core.cloud import ledger
 from core.cloud.cost import Estimate, about, spent
 from core.cloud.providers import CloudError, Instance, Provider
+from core.cloud.reaper import give_back
 from core.cloud.remote import CODE, Layout, requirements
 from core.cloud.ssh import Remote, ensure_key
 from core.dataset.snapshot import take
@@ -114,16 +115,12 @@ class CloudRun:
         if self.remote:
             await asyncio.to_thread(self.remote.close)
         try:
-            await asyncio.to_thread(self.provider.destroy, self.instance["id"])
+            self.instance, cost = await give_back(self.settings, self.store, self.provider, self.instance)
         except CloudError as err:
             await self.report(Note(text=f"⚠️ I could not destroy instance {self.instance['id']} on "
                                         f"{self.provider.title}: {err} I'll keep trying every few minutes; you can "
                                         "also destroy it in their console.", ping=True))  # fmt: skip
             return
-        await self.store.end_instance(self.provider.name, self.instance["id"])
-        self.instance = (await self.store.instances(run=self.run_id))[-1]
-        self._record()
-        cost = spent(self.instance["usd_per_hour"], self.instance["started_at"], self.instance["ended_at"])
         gpu, instance_id = self.instance["gpu"], self.instance["id"]
         await self.report(Note(text=f"Destroyed the {gpu} on {self.provider.title} (instance {instance_id}); it cost "
                                     f"{about(cost)} in all.", ping=True))  # fmt: skip
@@ -139,7 +136,7 @@ class CloudRun:
             if self.instance is not None:
                 await self.store.touch_instance(self.provider.name, self.instance["id"])
 
-    async def _done(self, step: str) -> bool:
+    def _done(self, step: str) -> bool:
         return step in self.instance["steps"]
 
     async def _step(self, step: str | None, worker: str | None = None, **details: object) -> None:
@@ -162,7 +159,7 @@ class CloudRun:
 
     async def install(self, backend: str) -> None:
         """loratrain's code, then whatever of its requirements (and the trainer) the image lacks."""
-        if await self._done("installed"):
+        if self._done("installed"):
             return
         for folder in CODE:
             await asyncio.to_thread(self.remote.upload, folder, self.layout.at("app", folder.name))
@@ -183,7 +180,7 @@ class CloudRun:
         model's name as the rented machine knows it."""
         local_model = Path(model) if model and Path(model).exists() else None
         remote_model = self.layout.model(local_model) if local_model else model
-        if await self._done("deployed"):
+        if self._done("deployed"):
             return remote_model
         remote_project = self.layout.project(self.project.name)
         await self._run(f"mkdir -p {shlex.quote(remote_project)}")
@@ -202,7 +199,7 @@ class CloudRun:
 
     async def gates(self, params: dict, backend: str, model: str | None) -> None:
         """The four gates on the rented machine, one after the other; the first that fails ends the run."""
-        if await self._done("gates"):
+        if self._done("gates"):
             return
         config = ["--preset", params["preset"], "--backend", backend, "--optimizer", params["optimizer"],
                   "--rank", str(params["rank"]), "--batch", str(params["batch_size"]),
